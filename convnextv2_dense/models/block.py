@@ -1,0 +1,35 @@
+"""The ConvNeXt V2 block (Woo et al., 2023, Fig. 5).
+
+dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU -> GRN -> Linear 4C->C -> residual with drop path.
+Parameter names follow the official release (``dwconv``, ``norm``, ``pwconv1``, ``grn``, ``pwconv2``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import GRN, DropPath
+
+
+class Block(nn.Module):
+    """One ConvNeXt V2 block on NCHW tensors.
+
+    Args:
+        dim (int): Channels in and out.
+        drop_path (float): Stochastic-depth probability of the residual branch. Defaults to 0.
+    """
+
+    def __init__(self, dim: int, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y)))))
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
