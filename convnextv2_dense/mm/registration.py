@@ -1,6 +1,86 @@
-"""Register the backbone and the optimizer constructor in every installed mm package's registries."""
+"""Register our classes in the registries of the mm packages, when and only when those are imported.
+
+``import convnextv2_dense`` must stay a torch-only import for plain PyTorch users, yet a config's
+``custom_imports=dict(imports=['convnextv2_dense'])`` must make ``type='ConvNeXtV2'`` resolve under
+mmdet, mmseg and mmpretrain. So registration runs at once for mm packages already imported and, for
+the others, right after their ``registry`` module is first imported (a post-import hook).
+"""
 from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import warnings
+from collections.abc import Callable
+from types import ModuleType
+
+MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+def _register(registry_module: ModuleType) -> None:
+    """Put the backbone and the layer-decay constructor into one mm package's registries."""
+    from ..models import ConvNeXtV2
+    from .checkpoint_safety import allow_mmengine_checkpoints
+    from .optimizer import ConvNeXtV2LayerDecayOptimizerConstructor
+
+    registry_module.MODELS.register_module('ConvNeXtV2', module=ConvNeXtV2, force=True)
+    registry_module.OPTIM_WRAPPER_CONSTRUCTORS.register_module(
+        'ConvNeXtV2LayerDecayOptimizerConstructor', module=ConvNeXtV2LayerDecayOptimizerConstructor, force=True)
+    allow_mmengine_checkpoints()
+
+
+def _register_safely(registry_module: ModuleType) -> None:
+    try:
+        _register(registry_module)
+    except Exception as err:  # a broken mm install must not break a torch-only import
+        warnings.warn(f'convnextv2_dense: could not register with {registry_module.__name__}: {err!r}')
+
+
+class _CallbackLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader, callback: Callable[[ModuleType], None]) -> None:
+        self._loader, self._callback = loader, callback
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self._loader.exec_module(module)
+        self._callback(module)
+
+
+class _PostImportHook(importlib.abc.MetaPathFinder):
+    """Runs a callback right after a named module has been executed for the first time."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[str, Callable[[ModuleType], None]] = {}
+        self._resolving: set[str] = set()
+
+    def find_spec(self, fullname: str, path: object = None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.callbacks or fullname in self._resolving:
+            return None
+        self._resolving.add(fullname)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._resolving.discard(fullname)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _CallbackLoader(spec.loader, self.callbacks.pop(fullname))
+        return spec
+
+
+_HOOK = _PostImportHook()
 
 
 def register_all() -> None:
-    """Placeholder until the adapters land."""
+    """Register now with the mm packages already imported, and later with the others on their import."""
+    for package in MM_PACKAGES:
+        name = f'{package}.registry'
+        if name in sys.modules:
+            _register_safely(sys.modules[name])
+        else:
+            _HOOK.callbacks[name] = _register_safely
+    if _HOOK.callbacks and _HOOK not in sys.meta_path:
+        sys.meta_path.insert(0, _HOOK)

@@ -1,0 +1,36 @@
+# COCO instance segmentation, the standard 1x multi-scale recipe for quick baselines: shorter side
+# 480..800, 12 epochs with steps at 8 and 11, batch 16 (8 GPUs x 2), AdamW lr 1e-4, weight decay 0.05,
+# layer-wise lr decay through our constructor, fp16 AMP (mmcv's roi_align has no bf16 kernel).
+_base_ = [
+    'mmdet::_base_/datasets/coco_instance.py',
+    'mmdet::_base_/schedules/schedule_1x.py',
+    'mmdet::_base_/default_runtime.py',
+]
+
+backend_args = None
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomChoiceResize', scales=[(1333, s) for s in range(480, 801, 32)], keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=4, dataset=dict(pipeline=train_pipeline))
+val_evaluator = dict(classwise=True)
+test_evaluator = val_evaluator
+
+max_epochs = 12
+train_cfg = dict(max_epochs=max_epochs)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11], gamma=0.1),
+]
+optim_wrapper = dict(
+    _delete_=True,
+    type='AmpOptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
+    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
+# The lr is for 16 images per iteration; `--auto-scale-lr` scales it to the real batch.
+auto_scale_lr = dict(enable=False, base_batch_size=16)
+default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3))

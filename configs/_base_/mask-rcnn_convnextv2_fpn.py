@@ -1,0 +1,16 @@
+# Mask R-CNN with a ConvNeXt V2 backbone: mmdet's own Mask R-CNN, backbone swapped, FPN fed from all
+# four stages, soft-NMS at test (the paper's single-scale test). A leaf sets arch, channels, drop path
+# and checkpoint; a recipe file (coco_instance_*.py) sets data, schedule and optimizer.
+_base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
+custom_imports = dict(imports=['convnextv2_dense'], allow_failed_imports=False)
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='ConvNeXtV2',
+        arch='base',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.4,
+        init_cfg=None),
+    neck=dict(in_channels=[128, 256, 512, 1024]),
+    test_cfg=dict(rcnn=dict(nms=dict(type='soft_nms', iou_threshold=0.5))))

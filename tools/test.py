@@ -1,0 +1,74 @@
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT [--out DIR] [--show-dir DIR] [--tta]``
+
+Segmentation configs print the per-class IoU/Acc table and mIoU; ``--out`` writes the predicted label
+maps as PNG. Detection configs print bbox and segm AP (12 COCO numbers each) and a per-category table;
+``--out`` writes ``results.bbox.json`` and ``results.segm.json`` for ``tools/coco_eval.py``.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from convnextv2_dense.mm.runner_cli import add_common_args, build_runner, load_config, task_of  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) an mmseg segmentor or mmdet detector')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (a path or URL)')
+    parser.add_argument('--out', metavar='DIR',
+                        help='segmentation: write predicted label maps (PNG) here; '
+                        'detection: write results.bbox.json and results.segm.json here')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', metavar='DIR', help='write images with predictions drawn on them here')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays up')
+    parser.add_argument('--tta', action='store_true',
+                        help='segmentation: multi-scale (0.75, 1.0, 1.25) + flip test')
+    add_common_args(parser)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    cfg = load_config(args)
+    if not (osp.isfile(args.checkpoint) or args.checkpoint.startswith(('http://', 'https://'))):
+        raise SystemExit(f'error: checkpoint not found: {args.checkpoint}')
+    cfg.load_from = args.checkpoint
+    task = task_of(cfg)
+
+    if args.show or args.show_dir:
+        hook = cfg.default_hooks.get('visualization')
+        if hook is None:
+            raise SystemExit('error: --show/--show-dir need default_hooks.visualization in the config')
+        hook.update(draw=True, interval=1)
+        if args.show:
+            hook.update(show=True, wait_time=args.wait_time)
+        if args.show_dir:
+            show_dir = osp.abspath(args.show_dir)
+            if task == 'seg':
+                cfg.visualizer.save_dir = show_dir
+            else:
+                hook.test_out_dir = show_dir
+
+    if args.out:
+        out = osp.abspath(args.out)
+        os.makedirs(out, exist_ok=True)
+        if task == 'seg':
+            cfg.test_evaluator.update(output_dir=out, keep_results=True)
+        else:
+            cfg.test_evaluator.outfile_prefix = osp.join(out, 'results')
+
+    if args.tta:
+        if task != 'seg' or 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise SystemExit('error: --tta needs a segmentation config with tta_model and tta_pipeline')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+
+    build_runner(cfg).test()
+
+
+if __name__ == '__main__':
+    main()
