@@ -9,6 +9,5 @@ model = dict(
         type='ConvNeXtV2',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2,
-        init_cfg=None),
+        drop_path_rate=0.2),
     neck=dict(in_channels=[96, 192, 384, 768]))

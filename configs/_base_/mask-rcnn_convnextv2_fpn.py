@@ -10,7 +10,6 @@ model = dict(
         type='ConvNeXtV2',
         arch='base',
         out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.4,
-        init_cfg=None),
+        drop_path_rate=0.4),
     neck=dict(in_channels=[128, 256, 512, 1024]),
     test_cfg=dict(rcnn=dict(nms=dict(type='soft_nms', iou_threshold=0.5))))

@@ -1,0 +1,54 @@
+# `make demo`: UperNet + ConvNeXt V2-Atto trained from scratch on the synthetic ADE20K-layout set that
+# `tools/make_demo_data.py` writes (5 real ADE20K classes: a textured 'wall' background and four shapes).
+# It runs the real dataset class and pipeline on the CPU in minutes; nothing is downloaded.
+_base_ = '../_base_/upernet_convnextv2_ade20k.py'
+
+data_root = 'data/demo/ade/ADEChallengeData2016'
+classes = ('wall', 'building', 'sky', 'floor', 'tree')
+crop_size = (128, 128)
+norm_cfg = dict(type='BN', requires_grad=True)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(arch='atto', drop_path_rate=0.0, init_cfg=None),
+    decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=160, channels=32, num_classes=len(classes), norm_cfg=norm_cfg),
+    test_cfg=dict(mode='whole'))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=crop_size, ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+dataset = dict(data_root=data_root, metainfo=dict(classes=classes))
+train_dataloader = dict(batch_size=8, num_workers=2, persistent_workers=True,
+                        dataset=dict(**dataset, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=8, num_workers=2, persistent_workers=True,
+                      dataset=dict(**dataset, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+max_iters = 600
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=150)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
+    paramwise_cfg=dict(decay_rate=0.9, decay_type='layer_wise'))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=50, end=max_iters),
+]
+default_hooks = dict(
+    logger=dict(interval=10),
+    checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=2, save_best='mIoU'))
+visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])
