@@ -1,0 +1,329 @@
+"""Strict loading of any supported checkpoint into our models, the load report, and saving ours.
+
+A key that is missing, unexpected or of the wrong shape is an error that names it. The only keys a
+checkpoint may lack are a backbone's output norms, which are fresh LayerNorms in every classification
+checkpoint; a missing GRN tensor would leave a silent identity and is refused like any other key.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from ..models.archs import ArchSpec, arch_name, resolve_arch
+from .formats import to_canonical
+from .io import META_KEY, CheckpointError, RawCheckpoint, abbreviate, read_checkpoint
+
+M = TypeVar('M', bound=nn.Module)
+FORMAT_VERSION = 1
+_STAGE_KEY = re.compile(r'stages\.([0-3])\.(\d+)\.')
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a load did.
+
+    Args:
+        format (str): The detected checkpoint format (see :data:`~.formats.FORMAT_NAMES`).
+        source (str): The path, URL or repo id that was read.
+        arch (str): The checkpoint's arch name, or its depths and dims for a custom arch.
+        loaded (tuple[str, ...]): Model keys filled from the checkpoint.
+        new (tuple[str, ...]): Model keys the checkpoint lacks that were left freshly initialised
+            (a backbone's output norms).
+        ignored (tuple[str, ...]): Checkpoint keys not used: parts the model does not have (a
+            classifier's head when loading a backbone) or that are not part of the network.
+    """
+
+    format: str
+    source: str
+    arch: str
+    loaded: tuple[str, ...]
+    new: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [f'Loaded {len(self.loaded)} tensors of a ConvNeXt V2-{self.arch} from {self.source} '
+                 f'(format: {self.format}).']
+        if self.new:
+            lines.append(f'  new (freshly initialised, not in the checkpoint): {abbreviate(self.new)}')
+        if self.ignored:
+            lines.append(f'  ignored (in the checkpoint, not used by this model): {abbreviate(self.ignored)}')
+        return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------- reading
+@dataclass
+class CanonicalCheckpoint:
+    """A checkpoint converted to our key space, with what is known about it.
+
+    Args:
+        state_dict (dict[str, torch.Tensor]): Tensors under canonical keys.
+        format (str): The detected format's name.
+        source (str): What was read.
+        dropped (tuple[str, ...]): Source keys that are not part of the network.
+        hints (dict): Constructor arguments the source records (``head_norm_eps`` from an HF
+            ``config.json`` or from our own meta).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    source: str
+    dropped: tuple[str, ...]
+    hints: dict
+
+    @property
+    def arch(self) -> ArchSpec:
+        return infer_arch(self.state_dict, self.source)
+
+
+def read_canonical(source: str | os.PathLike | RawCheckpoint) -> CanonicalCheckpoint:
+    """Read any supported checkpoint and convert it to our key space.
+
+    Args:
+        source (str | PathLike | RawCheckpoint): See :func:`~.io.read_checkpoint`.
+
+    Returns:
+        CanonicalCheckpoint: Canonical tensors, detected format and constructor hints.
+    """
+    raw = source if isinstance(source, RawCheckpoint) else read_checkpoint(source)
+    where = str(raw.files[0].parent if raw.hf_config is not None else raw.files[0])
+    converted = to_canonical(raw.state_dict, where=where)
+    hints = {}
+    if raw.hf_config is not None and 'layer_norm_eps' in raw.hf_config:
+        hints['head_norm_eps'] = float(raw.hf_config['layer_norm_eps'])
+    if 'head_norm_eps' in raw.meta:
+        hints['head_norm_eps'] = float(raw.meta['head_norm_eps'])
+    return CanonicalCheckpoint(converted.state_dict, converted.format.name, raw.source, converted.dropped, hints)
+
+
+def infer_arch(state_dict: Mapping[str, torch.Tensor], where: str = 'checkpoint') -> ArchSpec:
+    """Depths and widths of a canonical state dict, from its keys and shapes.
+
+    Depth of stage i is one more than its largest block index; width is the depthwise conv's channels.
+
+    Args:
+        state_dict (Mapping[str, torch.Tensor]): Tensors under canonical keys.
+        where (str): Names the checkpoint in messages. Defaults to ``'checkpoint'``.
+
+    Raises:
+        CheckpointError: A stage without blocks.
+    """
+    depths = [0, 0, 0, 0]
+    for key in state_dict:
+        if match := _STAGE_KEY.match(key):
+            stage, block = int(match[1]), int(match[2])
+            depths[stage] = max(depths[stage], block + 1)
+    dims = []
+    for i in range(4):
+        dwconv = state_dict.get(f'stages.{i}.0.dwconv.weight')
+        if not depths[i] or dwconv is None:
+            raise CheckpointError(f'{where}: cannot infer the arch, stage {i} has no '
+                                  f'stages.{i}.0.dwconv.weight')
+        dims.append(int(dwconv.shape[0]))
+    return ArchSpec(tuple(depths), tuple(dims))
+
+
+def describe_arch(spec: ArchSpec) -> str:
+    """``'tiny'``, or ``'custom (depths=..., dims=...)'``."""
+    return arch_name(spec) or f'custom (depths={spec.depths}, dims={spec.dims})'
+
+
+# ------------------------------------------------------------------------------------------- loading
+def _optional_and_ignorable(model: nn.Module, model_keys: set[str],
+                            ckpt_keys: set[str]) -> tuple[set[str], set[str]]:
+    """Model keys allowed to be missing, and checkpoint keys this model does not use."""
+    from ..models.backbone import ConvNeXtV2
+    from ..models.classifier import ConvNeXtV2Classifier
+    if isinstance(model, ConvNeXtV2):
+        optional = {k for k in model_keys if k.startswith('out_norms.')}
+        ignorable = {k for k in ckpt_keys - model_keys
+                     if k.startswith(('norm.', 'head.', 'out_norms.'))}
+    elif isinstance(model, ConvNeXtV2Classifier):
+        optional = set()
+        ignorable = {k for k in ckpt_keys - model_keys if k.startswith('out_norms.')}
+    else:
+        optional, ignorable = set(), set()
+    return optional, ignorable
+
+
+def load_canonical(model: nn.Module, ckpt: CanonicalCheckpoint) -> LoadReport:
+    """Load a canonical checkpoint into ``model`` strictly and report what happened.
+
+    Args:
+        model (nn.Module): A :class:`ConvNeXtV2` or :class:`ConvNeXtV2Classifier` (any module with
+            our key space is loaded with no key allowed missing).
+        ckpt (CanonicalCheckpoint): From :func:`read_canonical`.
+
+    Raises:
+        CheckpointError: An arch mismatch, or a missing, unexpected or mis-shaped key.
+    """
+    spec = ckpt.arch
+    model_spec = getattr(model, 'arch_spec', None)
+    if model_spec is not None and model_spec != spec:
+        raise CheckpointError(f'{ckpt.source} holds a ConvNeXt V2-{describe_arch(spec)}, but the model is a '
+                              f'ConvNeXt V2-{describe_arch(model_spec)}; build the model with the '
+                              "checkpoint's arch (or use from_pretrained, which infers it)")
+    expected = model.state_dict()
+    model_keys, ckpt_keys = set(expected), set(ckpt.state_dict)
+    optional, ignorable = _optional_and_ignorable(model, model_keys, ckpt_keys)
+    missing = sorted(model_keys - ckpt_keys - optional)
+    unexpected = sorted(ckpt_keys - model_keys - ignorable)
+    shapes = sorted(f'{k}: checkpoint {tuple(ckpt.state_dict[k].shape)}, model {tuple(expected[k].shape)}'
+                    for k in model_keys & ckpt_keys if ckpt.state_dict[k].shape != expected[k].shape)
+    problems = []
+    if missing:
+        grn = ' (a GRN left at zero is a silent identity)' if any('.grn.' in k for k in missing) else ''
+        problems.append(f'missing keys{grn}: {abbreviate(missing)}')
+    if unexpected:
+        problems.append(f'unexpected keys: {abbreviate(unexpected)}')
+    if shapes:
+        problems.append(f'shape mismatches: {abbreviate(shapes, 4)}')
+    if problems:
+        raise CheckpointError(f'cannot load {ckpt.source} ({ckpt.format} format) into '
+                              f'{type(model).__name__}: ' + '; '.join(problems))
+    wanted = {k: v for k, v in ckpt.state_dict.items() if k in model_keys}
+    result = model.load_state_dict(wanted, strict=False)
+    if result.unexpected_keys or set(result.missing_keys) - optional:
+        raise CheckpointError(f'loading {ckpt.source} left missing keys {result.missing_keys} and '
+                              f'unexpected keys {result.unexpected_keys}')
+    return LoadReport(format=ckpt.format, source=ckpt.source, arch=describe_arch(spec),
+                      loaded=tuple(k for k in expected if k in wanted),
+                      new=tuple(k for k in expected if k not in wanted),
+                      ignored=tuple(sorted(ignorable)) + ckpt.dropped)
+
+
+def load_weights(model: nn.Module, source: str | os.PathLike) -> LoadReport:
+    """Load a checkpoint of any supported format into an existing model, strictly.
+
+    Args:
+        model (nn.Module): A :class:`ConvNeXtV2` backbone or :class:`ConvNeXtV2Classifier` of the
+            checkpoint's arch.
+        source (str | PathLike): A file, HF transformers folder, URL or HF hub repo id.
+
+    Returns:
+        LoadReport: What was loaded, left fresh and ignored.
+    """
+    return load_canonical(model, read_canonical(source))
+
+
+def _accepts(cls: type, name: str) -> bool:
+    params = inspect.signature(cls.__init__).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@contextlib.contextmanager
+def _skip_random_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s random initialisers no-ops while a model is built for loading.
+
+    Every randomly initialised tensor is then overwritten by the strict load (which refuses a checkpoint
+    that lacks one); the keys allowed to stay fresh are LayerNorms, whose ``ones_`` / ``zeros_``
+    initialisers still run. This saves most of the build time of the large archs (about 10 s for huge).
+    """
+    names = ('kaiming_uniform_', 'kaiming_normal_', 'uniform_', 'normal_', 'trunc_normal_',
+             'xavier_uniform_', 'xavier_normal_')
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def load_pretrained(cls: type[M], source: str | os.PathLike, **overrides: Any) -> M:
+    """Build ``cls`` with the checkpoint's arch and load the checkpoint strictly.
+
+    Args:
+        cls (type): :class:`ConvNeXtV2` or :class:`ConvNeXtV2Classifier` (or a subclass).
+        source (str | PathLike): A file, HF transformers folder, URL or HF hub repo id.
+        **overrides: Constructor arguments. ``arch`` (or ``depths`` and ``dims``) must agree with the
+            checkpoint. A classifier's ``num_classes`` and ``head_norm_eps`` default to the
+            checkpoint's (HF's pooled-norm ``layer_norm_eps`` is read from ``config.json``).
+
+    Returns:
+        The loaded model, with its :class:`LoadReport` as ``model.load_report``.
+
+    Raises:
+        ValueError: ``arch`` / ``depths`` / ``dims`` disagreeing with the checkpoint.
+        CheckpointError: Any key problem (a ``ValueError`` too).
+    """
+    ckpt = read_canonical(source)
+    spec = ckpt.arch
+    kwargs = dict(overrides)
+    arch, depths, dims = kwargs.pop('arch', None), kwargs.pop('depths', None), kwargs.pop('dims', None)
+    if arch is not None or depths is not None or dims is not None:
+        wanted = resolve_arch(arch, depths, dims)
+        if wanted != spec:
+            given = f'arch={arch!r}' if arch is not None else f'depths={depths}, dims={dims}'
+            raise ValueError(f'{given} disagrees with the checkpoint {ckpt.source}, which holds a '
+                             f'ConvNeXt V2-{describe_arch(spec)}; leave the arch out to infer it')
+    stem = ckpt.state_dict.get('downsample_layers.0.0.weight')
+    if stem is not None and 'in_channels' not in kwargs and stem.shape[1] != 3:
+        kwargs['in_channels'] = int(stem.shape[1])
+    head = ckpt.state_dict.get('head.weight')
+    if head is not None and 'num_classes' not in kwargs and _accepts(cls, 'num_classes'):
+        kwargs['num_classes'] = int(head.shape[0])
+    for name, value in ckpt.hints.items():
+        if name not in kwargs and _accepts(cls, name):
+            kwargs[name] = value
+    with _skip_random_init():
+        model = cls(depths=spec.depths, dims=spec.dims, **kwargs)
+    model.load_report = load_canonical(model, ckpt)
+    return model
+
+
+# -------------------------------------------------------------------------------------------- saving
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                    meta: Mapping[str, Any] | None = None) -> Path:
+    """Write canonical tensors in our format.
+
+    Args:
+        state_dict (Mapping[str, torch.Tensor]): Tensors under canonical keys.
+        path (str | PathLike): ``*.safetensors`` (meta as JSON in the metadata), or anything else for
+            ``torch.save`` of ``{'state_dict': ..., 'meta': ...}`` (plain tensors and dicts only, so
+            ``torch.load(weights_only=True)`` reads it).
+        meta (Mapping, optional): Extra entries for the meta dict. Defaults to None.
+
+    Returns:
+        Path: The written file.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state_dict.items()}
+    spec = infer_arch(tensors, str(path))
+    info = {'format': META_KEY, 'version': FORMAT_VERSION, 'arch': arch_name(spec),
+            'depths': list(spec.depths), 'dims': list(spec.dims), **(meta or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == '.safetensors':
+        from safetensors.torch import save_file
+        save_file(tensors, str(path), metadata={'format': 'pt', META_KEY: json.dumps(info)})
+    else:
+        torch.save({'state_dict': tensors, 'meta': info}, str(path))
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save a :class:`ConvNeXtV2` or :class:`ConvNeXtV2Classifier` in our format.
+
+    Args:
+        model (nn.Module): The model; its ``state_dict()`` is already in our key space.
+        path (str | PathLike): ``*.safetensors`` or ``*.pth``.
+        meta (Mapping, optional): Extra meta entries. Defaults to None.
+
+    Returns:
+        Path: The written file.
+    """
+    info = dict(meta or {})
+    norm = getattr(model, 'norm', None)
+    if isinstance(norm, nn.LayerNorm):
+        info.setdefault('head_norm_eps', norm.eps)
+    return save_state_dict(model.state_dict(), path, info)

@@ -1,0 +1,219 @@
+"""Random models and writers of every supported checkpoint layout, for the weight-loading tests.
+
+The writers build each format's key layout from our canonical state dict independently of the
+converter's tables (explicit per-key code, the inverse shape transforms written as index loops), so a
+wrong table entry cannot be mirrored by a wrong writer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from convnextv2_dense.models import ConvNeXtV2, ConvNeXtV2Classifier
+
+ALL_STAGES = ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
+
+
+class HistoryBuffer:
+    """Stands for mmengine's HistoryBuffer: a non-tensor object a weights-only unpickler refuses."""
+
+    def __init__(self) -> None:
+        self.values = [1.0, 2.0]
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-zero random values in every parameter (a zero GRN is an identity and hides bugs)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def split_block_key(key: str) -> tuple[int, int, str]:
+    """``'stages.1.2.pwconv1.weight'`` -> ``(1, 2, 'pwconv1.weight')``."""
+    _, i, j, rest = key.split('.', 3)
+    return int(i), int(j), rest
+
+
+def sparse_dense_kernel(w: torch.Tensor) -> torch.Tensor:
+    """(out, in, k, k) -> MinkowskiEngine (k*k, in, out), offsets with the first spatial axis fastest."""
+    c_out, c_in, k, _ = w.shape
+    kernel = torch.empty(k * k, c_in, c_out)
+    for a in range(k):
+        for b in range(k):
+            kernel[b * k + a] = w[:, :, a, b].T
+    return kernel
+
+
+def sparse_depthwise_kernel(w: torch.Tensor) -> torch.Tensor:
+    """(C, 1, k, k) -> MinkowskiEngine depthwise (k*k, C)."""
+    c, _, k, _ = w.shape
+    kernel = torch.empty(k * k, c)
+    for a in range(k):
+        for b in range(k):
+            kernel[b * k + a] = w[:, 0, a, b]
+    return kernel
+
+
+def to_official(sd: dict) -> dict:
+    body = {k: (v.reshape(1, 1, 1, -1) if '.grn.' in k else v) for k, v in sd.items()
+            if not k.startswith('out_norms.')}
+    return {'model': body}
+
+
+def to_fcmae(sd: dict) -> dict:
+    out = {}
+    for key, v in sd.items():
+        if key.startswith('downsample_layers.0.'):
+            out['encoder.' + key] = v
+        elif key.startswith('downsample_layers.'):
+            _, i, part, name = key.split('.')
+            if part == '0':
+                out[f'encoder.downsample_layers.{i}.0.ln.{name}'] = v
+            elif name == 'weight':
+                out[f'encoder.downsample_layers.{i}.1.kernel'] = sparse_dense_kernel(v)
+            else:
+                out[f'encoder.downsample_layers.{i}.1.bias'] = v.reshape(1, -1)
+        elif key.startswith('stages.'):
+            i, j, rest = split_block_key(key)
+            base = f'encoder.stages.{i}.{j}'
+            module, name = rest.split('.')
+            if module == 'dwconv':
+                out[f'{base}.dwconv.' + ('kernel' if name == 'weight' else 'bias')] = (
+                    sparse_depthwise_kernel(v) if name == 'weight' else v.reshape(1, -1))
+            elif module == 'norm':
+                out[f'{base}.norm.ln.{name}'] = v
+            elif module in ('pwconv1', 'pwconv2'):
+                out[f'{base}.{module}.linear.{name}'] = v
+            else:
+                out[f'{base}.grn.{name}'] = v.reshape(1, -1)
+    c = sd['stages.3.0.dwconv.weight'].shape[0]
+    out.update({'proj.weight': torch.randn(16, c, 1, 1), 'proj.bias': torch.randn(16),
+                'mask_token': torch.randn(1, 16, 1, 1), 'decoder.0.dwconv.weight': torch.randn(16, 1, 7, 7),
+                'decoder.0.grn.gamma': torch.randn(1, 1, 1, 64), 'pred.weight': torch.randn(3072, 16, 1, 1),
+                'pred.bias': torch.randn(3072)})
+    return {'model': out, 'epoch': 799, 'args': argparse.Namespace(model='convnextv2_atto', mask_ratio=0.6)}
+
+
+def to_timm(sd: dict, conv_mlp: bool) -> dict:
+    names = {'dwconv': 'conv_dw', 'norm': 'norm', 'pwconv1': 'mlp.fc1', 'pwconv2': 'mlp.fc2'}
+    out = {}
+    for key, v in sd.items():
+        if key.startswith('downsample_layers.0.'):
+            out['stem.' + key[len('downsample_layers.0.'):]] = v
+        elif key.startswith('downsample_layers.'):
+            _, i, rest = key.split('.', 2)
+            out[f'stages.{i}.downsample.{rest}'] = v
+        elif key.startswith('stages.'):
+            i, j, rest = split_block_key(key)
+            module, name = rest.split('.')
+            if module == 'grn':
+                out[f'stages.{i}.blocks.{j}.mlp.grn.' + {'gamma': 'weight', 'beta': 'bias'}[name]] = v
+            else:
+                if conv_mlp and module.startswith('pwconv') and name == 'weight':
+                    v = v[:, :, None, None]
+                out[f'stages.{i}.blocks.{j}.{names[module]}.{name}'] = v
+        elif key.startswith(('norm.', 'head.')):
+            out[('head.norm.' if key.startswith('norm.') else 'head.fc.') + key.split('.')[1]] = v
+    return out
+
+
+def to_mmpretrain(sd: dict, dense: bool) -> dict:
+    names = {'dwconv': 'depthwise_conv', 'norm': 'norm', 'pwconv1': 'pointwise_conv1',
+             'pwconv2': 'pointwise_conv2', 'grn': 'grn'}
+    out = {}
+    for key, v in sd.items():
+        if key.startswith('downsample_layers.'):
+            out['backbone.' + key] = v
+        elif key.startswith('stages.'):
+            i, j, rest = split_block_key(key)
+            module, name = rest.split('.')
+            out[f'backbone.stages.{i}.{j}.{names[module]}.{name}'] = v
+        elif key.startswith('out_norms.stage') and dense:
+            stage, name = key.split('.')[1:]
+            out[f'backbone.norm{int(stage[-1]) - 1}.{name}'] = v
+        elif key.startswith('norm.') and not dense:
+            out['backbone.norm3.' + key.split('.')[1]] = v
+        elif key.startswith('head.') and not dense:
+            out['head.fc.' + key.split('.')[1]] = v
+    if dense:
+        out['neck.lateral_convs.0.conv.weight'] = torch.randn(8, 4, 1, 1)
+        out['decode_head.conv_seg.weight'] = torch.randn(3, 8, 1, 1)
+    return {'meta': {'mmpretrain_version': '1.2.0', 'epoch': 300}, 'state_dict': out}
+
+
+def to_hf(sd: dict, kind: str) -> dict:
+    """``kind``: 'classifier' (ConvNextV2ForImageClassification), 'model' or 'backbone'."""
+    prefix = 'convnextv2.' if kind == 'classifier' else ''
+    block = {'dwconv': 'dwconv', 'norm': 'layernorm', 'pwconv1': 'pwconv1', 'pwconv2': 'pwconv2'}
+    out = {}
+    for key, v in sd.items():
+        if key.startswith('downsample_layers.0.'):
+            part, name = key.split('.')[2:]
+            out[prefix + ('embeddings.patch_embeddings.' if part == '0' else 'embeddings.layernorm.') + name] = v
+        elif key.startswith('downsample_layers.'):
+            _, i, part, name = key.split('.')
+            out[f'{prefix}encoder.stages.{i}.downsampling_layer.{part}.{name}'] = v
+        elif key.startswith('stages.'):
+            i, j, rest = split_block_key(key)
+            module, name = rest.split('.')
+            base = f'{prefix}encoder.stages.{i}.layers.{j}'
+            if module == 'grn':
+                out[f'{base}.grn.' + {'gamma': 'weight', 'beta': 'bias'}[name]] = v.reshape(1, 1, 1, -1)
+            else:
+                out[f'{base}.{block[module]}.{name}'] = v
+        elif key.startswith('norm.') and kind != 'backbone':
+            out[prefix + 'layernorm.' + key.split('.')[1]] = v
+        elif key.startswith('head.') and kind == 'classifier':
+            out['classifier.' + key.split('.')[1]] = v
+        elif key.startswith('out_norms.') and kind == 'backbone':
+            out['hidden_states_norms.' + key[len('out_norms.'):]] = v
+    return out
+
+
+def write_hf_folder(folder: Path, tensors: dict, layer_norm_eps: float = 1e-12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / 'model.safetensors'),
+              metadata={'format': 'pt'})
+    (folder / 'config.json').write_text(json.dumps({'model_type': 'convnextv2', 'layer_norm_eps': layer_norm_eps}))
+    return folder
+
+
+def to_openmmlab(sd: dict) -> dict:
+    state = {'backbone.' + k: v for k, v in sd.items()}
+    state.update({'neck.fpn_convs.0.conv.weight': torch.randn(8, 8, 3, 3),
+                  'rpn_head.rpn_conv.weight': torch.randn(8, 8, 3, 3),
+                  'roi_head.bbox_head.fc_cls.weight': torch.randn(81, 16),
+                  'data_preprocessor.mean': torch.randn(3, 1, 1)})
+    return {'meta': {'mmengine_version': '0.10.7', 'epoch': 36, 'dataset_meta': {'classes': ('a', 'b')}},
+            'state_dict': state,
+            'message_hub': {'log_scalars': {'train/loss': HistoryBuffer()}},
+            'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-4, 'params': [0, 1]}]}}
+
+
+@pytest.fixture(scope='session')
+def writers() -> SimpleNamespace:
+    return SimpleNamespace(official=to_official, fcmae=to_fcmae, timm=to_timm, mmpretrain=to_mmpretrain,
+                           hf=to_hf, hf_folder=write_hf_folder, openmmlab=to_openmmlab, randomize=randomize)
+
+
+@pytest.fixture(scope='session')
+def atto_classifier() -> ConvNeXtV2Classifier:
+    return randomize(ConvNeXtV2Classifier('atto', num_classes=10), seed=1)
+
+
+@pytest.fixture(scope='session')
+def atto_backbone() -> ConvNeXtV2:
+    return randomize(ConvNeXtV2('atto', out_features=ALL_STAGES), seed=2)
+
+
+@pytest.fixture(scope='session')
+def image() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
