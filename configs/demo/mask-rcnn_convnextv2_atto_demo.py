@@ -1,0 +1,56 @@
+# `make demo`: Mask R-CNN + ConvNeXt V2-Atto trained from scratch on the synthetic COCO-layout set that
+# `tools/make_demo_data.py` writes (three shape classes with polygon masks). Real CocoDataset, real
+# pipeline and CocoMetric, on the CPU in minutes; nothing is downloaded.
+_base_ = ['../_base_/mask-rcnn_convnextv2_fpn.py', '../_base_/coco_instance_1x.py']
+
+data_root = 'data/demo/coco/'
+classes = ('circle', 'square', 'triangle')
+image_scale = (256, 256)
+width = 128  # FPN and head channels: half of the COCO configs', for CPU speed
+model = dict(
+    backbone=dict(arch='atto', drop_path_rate=0.0),
+    neck=dict(in_channels=[40, 80, 160, 320], out_channels=width),
+    rpn_head=dict(in_channels=width, feat_channels=width),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=width),
+        bbox_head=dict(in_channels=width, fc_out_channels=512, num_classes=len(classes)),
+        mask_roi_extractor=dict(out_channels=width),
+        mask_head=dict(in_channels=width, conv_out_channels=width, num_classes=len(classes))),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=1000, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
+    test_cfg=dict(rpn=dict(nms_pre=500, max_per_img=300), rcnn=dict(max_per_img=20)))
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='RandomResize', scale=image_scale, ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_scale, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+dataset = dict(data_root=data_root, metainfo=dict(classes=classes))
+train_dataloader = dict(batch_size=4, num_workers=2, persistent_workers=True,
+                        dataset=dict(**dataset, pipeline=train_pipeline))
+val_dataloader = dict(batch_size=4, num_workers=2, persistent_workers=True,
+                      dataset=dict(**dataset, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val2017.json')
+test_evaluator = val_evaluator
+
+max_epochs = 12
+train_cfg = dict(max_epochs=max_epochs, val_interval=4)
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
+    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1),
+]
+default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=4, max_keep_ckpts=2, save_best='coco/segm_mAP'))

@@ -1,0 +1,185 @@
+"""The backbone contract: archs, shapes, strides, channels, memory format, freezing, checkpointing."""
+import pytest
+import torch
+
+from convnextv2_dense import ARCHS, ConvNeXtV2, ConvNeXtV2Classifier
+from convnextv2_dense.models import GRN, resolve_arch
+
+SMALL_ARCHS = ['atto', 'femto', 'pico', 'nano', 'tiny', 'base']
+
+
+@pytest.mark.parametrize('arch', SMALL_ARCHS)
+@pytest.mark.parametrize('size', [(64, 64), (97, 131)])
+def test_output_shapes_match_out_channels_and_strides(arch, size):
+    model = ConvNeXtV2(arch, out_features=['stem', 'stage1', 'stage2', 'stage3', 'stage4']).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, *size))
+    assert len(outs) == 5
+    for out, channels, stride in zip(outs, model.out_channels, model.strides):
+        # convs with kernel == stride and no padding: each side is floor(size / stride)
+        assert tuple(out.shape[1:]) == (channels, size[0] // stride, size[1] // stride)
+    assert model.out_channels == (ARCHS[arch].dims[0], *ARCHS[arch].dims)
+    assert model.strides == (4, 4, 8, 16, 32)
+
+
+@pytest.mark.parametrize('arch', ['large', 'huge'])
+def test_large_archs_build_with_the_right_widths(arch):
+    model = ConvNeXtV2(arch)
+    assert model.out_channels == ARCHS[arch].dims
+    assert [len(s) for s in model.stages] == list(ARCHS[arch].depths)
+
+
+def test_default_selection_is_four_nchw_maps():
+    model = ConvNeXtV2('tiny').eval()
+    outs = model(torch.randn(2, 3, 64, 96))
+    assert [o.shape for o in outs] == [(2, 96, 16, 24), (2, 192, 8, 12), (2, 384, 4, 6), (2, 768, 2, 3)]
+    assert model.out_indices == (0, 1, 2, 3) and model.strides == (4, 8, 16, 32)
+    assert model.stage_names == ('stem', 'stage1', 'stage2', 'stage3', 'stage4')
+
+
+def test_a_fresh_layer_norm_per_selected_output():
+    model = ConvNeXtV2('atto', out_indices=(1, 3))
+    assert sorted(model.out_norms) == ['stage2', 'stage4']
+    assert model.out_norms['stage2'].normalized_shape == (80,)
+
+
+def test_stem_has_no_openmmlab_index():
+    model = ConvNeXtV2('atto', out_features=['stem', 'stage4'])
+    assert model.out_indices == (None, 3)
+
+
+def test_explicit_depths_and_dims():
+    model = ConvNeXtV2(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64)).eval()
+    assert [o.shape[1] for o in model(torch.randn(1, 3, 32, 32))] == [8, 16, 32, 64]
+    assert model.arch is None
+
+
+def test_unknown_arch_lists_the_known_ones():
+    with pytest.raises(ValueError, match='known archs: atto, femto, pico, nano, tiny, base, large, huge'):
+        ConvNeXtV2('small')
+
+
+@pytest.mark.parametrize('kwargs', [dict(depths=(1, 1, 1)), dict(depths=(1, 1, 1, 1), dims=(8, 8, 8)),
+                                    dict(arch='tiny', depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))])
+def test_bad_depths_and_dims_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        resolve_arch(**kwargs)
+
+
+def test_in_channels():
+    model = ConvNeXtV2('atto', in_channels=1, out_indices=(0,))
+    assert model(torch.randn(1, 1, 32, 32))[0].shape == (1, 40, 8, 8)
+
+
+def test_channels_last_inputs_stay_channels_last():
+    model = ConvNeXtV2('atto').eval()
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        outs = model(x)
+        reference = model(x.contiguous())
+    for out, ref in zip(outs, reference):
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_drop_path_grows_linearly_over_depth():
+    model = ConvNeXtV2('atto', drop_path_rate=0.3)
+    rates = [block.drop_path.drop_prob for stage in model.stages for block in stage]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    assert rates == pytest.approx(torch.linspace(0, 0.3, 12).tolist())
+
+
+def test_drop_path_only_acts_in_training():
+    model = ConvNeXtV2('atto', drop_path_rate=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(model(x), model(x)))
+    model.train()
+    torch.manual_seed(0)
+    first = model(x)
+    torch.manual_seed(1)
+    assert not all(torch.equal(a, b) for a, b in zip(first, model(x)))
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 4])
+def test_frozen_stages_freeze_stem_stages_and_their_norms(frozen_stages):
+    model = ConvNeXtV2('atto', out_features=['stem', 'stage1', 'stage2', 'stage3', 'stage4'],
+                       frozen_stages=frozen_stages, drop_path_rate=0.1)
+    model.train()
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    expect = set()
+    if frozen_stages >= 0:
+        expect |= {n for n, _ in model.named_parameters()
+                   if n.startswith(('downsample_layers.0.', 'out_norms.stem.'))}
+    for k in range(1, frozen_stages + 1):
+        prefixes = (f'stages.{k - 1}.', f'out_norms.stage{k}.') + ((f'downsample_layers.{k - 1}.',) if k > 1 else ())
+        expect |= {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+    assert frozen == expect
+    for k in range(1, frozen_stages + 1):
+        assert not model.stages[k - 1].training  # stays in eval after train()
+    if frozen_stages < 4:
+        assert model.stages[3].training
+
+
+def test_frozen_stages_out_of_range():
+    with pytest.raises(ValueError, match='frozen_stages'):
+        ConvNeXtV2('atto', frozen_stages=5)
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = ConvNeXtV2('atto')
+    checkpointed = ConvNeXtV2('atto', with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    for p in plain.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for model in (plain, checkpointed):
+        model.train()
+        sum(o.square().mean() for o in model(x)).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fresh_grn_is_zero_and_an_identity():
+    grn = GRN(8)
+    x = torch.randn(2, 4, 4, 8)
+    assert torch.equal(grn(x), x)
+    assert not grn.gamma.any() and not grn.beta.any()
+
+
+def test_grn_formula_on_random_weights():
+    grn = GRN(8)
+    torch.nn.init.normal_(grn.gamma)
+    torch.nn.init.normal_(grn.beta)
+    x = torch.randn(2, 5, 3, 8)
+    gx = x.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(grn(x), grn.gamma * (x * nx) + grn.beta + x)
+
+
+def test_grn_stays_finite_in_half_precision():
+    grn = GRN(4).half()
+    x = torch.full((1, 64, 64, 4), 300.0, dtype=torch.float16)  # squared sum overflows fp16
+    assert torch.isfinite(grn(x)).all()
+
+
+PAPER_PARAMS_M = dict(atto=3.7, femto=5.2, pico=9.1, nano=15.6, tiny=28.6, base=89, large=198, huge=660)
+
+
+@pytest.mark.parametrize('arch', list(ARCHS))
+def test_classifier_parameter_counts_equal_the_paper(arch):
+    model = ConvNeXtV2Classifier(arch, num_classes=1000)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    digits = 1 if PAPER_PARAMS_M[arch] < 50 else 0  # the table's own precision
+    assert round(count, digits) == PAPER_PARAMS_M[arch], count
+
+
+def test_classifier_logits_shape_and_bad_num_classes():
+    model = ConvNeXtV2Classifier('atto', num_classes=7).eval()
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    with pytest.raises(ValueError, match='num_classes'):
+        ConvNeXtV2Classifier('atto', num_classes=0)
