@@ -60,7 +60,8 @@ class ConvNeXtV2Trunk(nn.Module):
         ]
         self.downsample_layers = nn.ModuleList([stem, *downsamplers])
 
-        rates = torch.linspace(0, drop_path_rate, spec.num_blocks).tolist()
+        last = max(spec.num_blocks - 1, 1)
+        rates = [drop_path_rate * i / last for i in range(spec.num_blocks)]  # linear over depth
         starts = [sum(spec.depths[:i]) for i in range(4)]
         self.stages = nn.ModuleList(
             nn.Sequential(*(Block(spec.dims[i], rates[starts[i] + j]) for j in range(spec.depths[i])))

@@ -6,12 +6,11 @@ checkpoint; a missing GRN tensor would leave a silent identity and is refused li
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,24 +219,20 @@ def _accepts(cls: type, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-@contextlib.contextmanager
-def _skip_random_init() -> Iterator[None]:
-    """Make ``torch.nn.init``'s random initialisers no-ops while a model is built for loading.
+def _build_for_loading(cls: type[M], **kwargs: Any) -> M:
+    """Build ``cls`` without random initialisation: on the meta device, then allocated on the CPU.
 
-    Every randomly initialised tensor is then overwritten by the strict load (which refuses a checkpoint
-    that lacks one); the keys allowed to stay fresh are LayerNorms, whose ``ones_`` / ``zeros_``
-    initialisers still run. This saves most of the build time of the large archs (about 10 s for huge).
+    The strict load that follows overwrites every tensor except the fresh output norms, whose ordinary
+    ones/zeros start is restored here. This saves most of the build time of the large archs (about 10 s
+    for huge) without touching any global state.
     """
-    names = ('kaiming_uniform_', 'kaiming_normal_', 'uniform_', 'normal_', 'trunc_normal_',
-             'xavier_uniform_', 'xavier_normal_')
-    saved = {name: getattr(nn.init, name) for name in names}
-    try:
-        for name in names:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
+    with torch.device('meta'):
+        model = cls(**kwargs)
+    model.to_empty(device='cpu')
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
+    return model
 
 
 def load_pretrained(cls: type[M], source: str | os.PathLike, **overrides: Any) -> M:
@@ -276,8 +271,7 @@ def load_pretrained(cls: type[M], source: str | os.PathLike, **overrides: Any) -
     for name, value in ckpt.hints.items():
         if name not in kwargs and _accepts(cls, name):
             kwargs[name] = value
-    with _skip_random_init():
-        model = cls(depths=spec.depths, dims=spec.dims, **kwargs)
+    model = _build_for_loading(cls, depths=spec.depths, dims=spec.dims, **kwargs)
     model.load_report = load_canonical(model, ckpt)
     return model
 
