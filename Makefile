@@ -31,11 +31,9 @@ test: env
 demo: demo-seg demo-det
 
 demo-seg: env
-	$(BIN)/python tools/make_demo_data.py --out data/demo
 	$(BIN)/python tools/run_demo.py seg --work-dir $(DEMO_DIR)/upernet
 
 demo-det: env
-	$(BIN)/python tools/make_demo_data.py --out data/demo
 	$(BIN)/python tools/run_demo.py det --work-dir $(DEMO_DIR)/mask-rcnn
 
 clean-env:

@@ -54,3 +54,4 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1),
 ]
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=4, max_keep_ckpts=2, save_best='coco/segm_mAP'))
+randomness = dict(seed=0)

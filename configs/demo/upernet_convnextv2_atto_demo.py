@@ -52,3 +52,4 @@ default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(by_epoch=False, interval=150, max_keep_ckpts=2, save_best='mIoU'))
 visualizer = dict(vis_backends=[dict(type='LocalVisBackend')])
+randomness = dict(seed=0)

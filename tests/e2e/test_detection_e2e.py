@@ -1,0 +1,44 @@
+"""Mask R-CNN end to end: tools/train.py, tools/test.py --out, then tools/coco_eval.py on the files."""
+import json
+import re
+
+import pytest
+
+from .helpers import det_options, run_tool
+
+CONFIG = 'configs/demo/mask-rcnn_convnextv2_atto_demo.py'
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, coco_root):
+    work_dir = tmp_path_factory.mktemp('det_train')
+    proc = run_tool('tools/train.py', CONFIG, '--work-dir', work_dir, *det_options(
+        coco_root, **{'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 1,
+                      'default_hooks.checkpoint.interval': 1, 'default_hooks.logger.interval': 1}))
+    return work_dir, proc
+
+
+def test_train_writes_a_checkpoint_and_evaluates(trained):
+    work_dir, proc = trained
+    assert (work_dir / 'epoch_1.pth').is_file()
+    assert 'coco/bbox_mAP' in proc.stdout + proc.stderr
+
+
+def test_test_out_then_coco_eval(trained, coco_root, tmp_path):
+    work_dir, _ = trained
+    out = tmp_path / 'results'
+    proc = run_tool('tools/test.py', CONFIG, work_dir / 'epoch_1.pth', '--work-dir', tmp_path / 'wd',
+                    '--out', out, '--show-dir', tmp_path / 'vis', *det_options(coco_root))
+    log = proc.stdout + proc.stderr
+    assert 'bbox_mAP_copypaste' in log and 'segm_mAP_copypaste' in log
+    assert '| category' in log or 'category' in log  # mmdet's per-category table (classwise=True)
+    bbox, segm = out / 'results.bbox.json', out / 'results.segm.json'
+    assert bbox.is_file() and segm.is_file()
+    assert list((tmp_path / 'vis').rglob('*.jpg')) or list((tmp_path / 'vis').rglob('*.png'))
+
+    summary = tmp_path / 'ap.json'
+    proc = run_tool('tools/coco_eval.py', '--ann', f'{coco_root}/annotations/instances_val2017.json',
+                    '--results', bbox, segm, '--json-out', summary)
+    assert len(re.findall(r'Average Precision', proc.stdout)) == 12  # 6 AP lines per type
+    numbers = json.loads(summary.read_text())
+    assert set(numbers) == {'bbox', 'segm'} and 'AP50' in numbers['segm']

@@ -1,0 +1,155 @@
+"""The embedded default behind ``make demo``: train and evaluate on the synthetic data, on the CPU.
+
+``python tools/run_demo.py seg --work-dir work_dirs/demo/upernet`` (or ``det``):
+
+1. writes the synthetic dataset if it is not there (``tools/make_demo_data.py``);
+2. evaluates the untrained model (same seed) for a baseline;
+3. trains with ``tools/train.py`` (resuming an interrupted run);
+4. evaluates the best checkpoint with ``tools/test.py --show-dir --out`` (and, for detection, checks the
+   written COCO results with ``tools/coco_eval.py``);
+5. plots the loss and metric curves, tiles a few predictions next to their ground truth into
+   ``predictions.png``, and writes ``summary.md`` / ``summary.json``.
+
+Every step is skipped when its result is already there, so a second run only prints the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+TASKS = {
+    'seg': dict(config='configs/demo/upernet_convnextv2_atto_demo.py', metric='mIoU',
+                report=('mIoU', 'mAcc', 'aAcc')),
+    'det': dict(config='configs/demo/mask-rcnn_convnextv2_atto_demo.py', metric='coco/segm_mAP',
+                report=('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50')),
+}
+
+
+def run(*args: str) -> None:
+    """Run one of our tools as a user would, streaming its output; stop the demo if it fails."""
+    cmd = [sys.executable, *args]
+    print('\n$ ' + ' '.join(cmd), flush=True)
+    result = subprocess.run(cmd, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f'demo step failed with exit code {result.returncode}: {" ".join(args)}')
+
+
+def last_metrics(work_dir: str) -> dict:
+    """The metrics line that ``tools/test.py`` logged last under ``work_dir``."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*', '*.json')), key=osp.getmtime)
+    if not logs:
+        raise SystemExit(f'no test log found under {work_dir}')
+    with open(logs[-1]) as f:
+        return json.loads(f.read().strip().splitlines()[-1])
+
+
+def config_digest(config: str) -> str:
+    return hashlib.sha256(open(osp.join(REPO, config), 'rb').read()).hexdigest()[:12]
+
+
+def save_untrained(config: str, path: str) -> None:
+    """The model as training starts (seeded as the config says), saved for the baseline evaluation."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import convnextv2_dense  # noqa: F401
+    cfg = Config.fromfile(osp.join(REPO, config))
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
+    from mmengine.registry import MODELS
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save({'state_dict': model.state_dict(), 'meta': {'note': 'untrained demo baseline'}}, path)
+
+
+def tile_predictions(vis_dir: str, out_file: str, count: int = 6) -> str | None:
+    """Stack the first ``count`` ground-truth | prediction images into one PNG."""
+    from PIL import Image
+    files = sorted(glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True)
+                   + glob.glob(osp.join(vis_dir, '**', '*.jpg'), recursive=True))[:count]
+    if not files:
+        return None
+    images = [Image.open(f).convert('RGB') for f in files]
+    width = max(im.width for im in images)
+    sheet = Image.new('RGB', (width, sum(im.height for im in images)), 'white')
+    y = 0
+    for im in images:
+        sheet.paste(im, (0, y))
+        y += im.height
+    sheet.save(out_file)
+    return out_file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('task', choices=sorted(TASKS))
+    parser.add_argument('--work-dir', required=True)
+    parser.add_argument('--data', default='data/demo', help='where the synthetic data lives')
+    args = parser.parse_args()
+    task = TASKS[args.task]
+    config, work_dir = task['config'], osp.abspath(args.work_dir)
+    os.makedirs(work_dir, exist_ok=True)
+    digest = config_digest(config)
+    summary_file = osp.join(work_dir, 'summary.json')
+    if osp.isfile(summary_file) and json.load(open(summary_file)).get('config_digest') == digest:
+        print(open(osp.join(work_dir, 'summary.md')).read())
+        print(f'(already done: delete {work_dir} to run the {args.task} demo again)')
+        return
+
+    run('tools/make_demo_data.py', '--out', args.data)
+
+    untrained = osp.join(work_dir, 'untrained.pth')
+    save_untrained(config, untrained)
+    run('tools/test.py', config, untrained, '--work-dir', osp.join(work_dir, 'test_untrained'))
+    before = last_metrics(osp.join(work_dir, 'test_untrained'))
+
+    train_dir = osp.join(work_dir, 'train')
+    done_marker = osp.join(train_dir, 'done.json')
+    if not (osp.isfile(done_marker) and json.load(open(done_marker)).get('config_digest') == digest):
+        resume = ['--resume'] if osp.isfile(osp.join(train_dir, 'last_checkpoint')) else []
+        run('tools/train.py', config, '--work-dir', train_dir, *resume)
+        with open(done_marker, 'w') as f:
+            json.dump({'config_digest': digest}, f)
+    best = sorted(glob.glob(osp.join(train_dir, 'best_*.pth')), key=osp.getmtime)
+    checkpoint = best[-1] if best else open(osp.join(train_dir, 'last_checkpoint')).read().strip()
+
+    vis_dir, pred_dir = osp.join(work_dir, 'vis'), osp.join(work_dir, 'predictions')
+    run('tools/test.py', config, checkpoint, '--work-dir', osp.join(work_dir, 'test'),
+        '--show-dir', vis_dir, '--out', pred_dir)
+    after = last_metrics(osp.join(work_dir, 'test'))
+    if args.task == 'det':
+        results = [osp.join(pred_dir, f'results.{kind}.json') for kind in ('bbox', 'segm')]
+        run('tools/coco_eval.py', '--ann', osp.join(args.data, 'coco/annotations/instances_val2017.json'),
+            '--results', *results, '--json-out', osp.join(work_dir, 'coco_eval.json'))
+
+    run('tools/plot_logs.py', train_dir, '--out-dir', osp.join(work_dir, 'plots'))
+    sheet = tile_predictions(vis_dir, osp.join(work_dir, 'predictions.png'))
+
+    rows = [f'| {key} | {before.get(key, float("nan")):.4g} | {after.get(key, float("nan")):.4g} |'
+            for key in task['report']]
+    text = '\n'.join([
+        f'# {args.task} demo: {osp.basename(config)}', '',
+        '| metric | untrained | trained |', '|---|---|---|', *rows, '',
+        f'best checkpoint: {checkpoint}',
+        f'curves: {osp.join(work_dir, "plots")}/loss.png, metrics.png',
+        f'predictions next to ground truth: {sheet or vis_dir}', ''])
+    with open(osp.join(work_dir, 'summary.md'), 'w') as f:
+        f.write(text)
+    with open(summary_file, 'w') as f:
+        json.dump({'config_digest': digest, 'config': config, 'checkpoint': checkpoint,
+                   'untrained': before, 'trained': after}, f, indent=2)
+    print('\n' + text)
+
+
+if __name__ == '__main__':
+    main()
