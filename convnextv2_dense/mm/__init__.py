@@ -1,4 +1,7 @@
-"""OpenMMLab adapters; :func:`register_all` is a no-op for mm packages that are not installed."""
+"""OpenMMLab adapters. :func:`register_all` registers with each mm package when it is imported.
+
+The submodules other than ``registration`` import mmengine; they are loaded only by that hook.
+"""
 from .registration import register_all
 
 __all__ = ['register_all']
