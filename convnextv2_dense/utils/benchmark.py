@@ -1,0 +1,402 @@
+"""Speed and memory of the ConvNeXt V2 backbone against HF transformers and timm, after a parity check.
+
+Imports only torch; transformers and timm are imported when a row needs them. :func:`backbone_benchmark`
+returns a JSON-ready report and :func:`format_report` turns it into markdown; the timing helpers here
+also serve :mod:`.benchmark_full` (one full mmseg/mmdet training iteration). ``tools/benchmark.py`` is
+the command line.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import importlib.util
+import math
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import ARCHS, ConvNeXtV2, resolve_arch, select_stages
+
+IMPLS: tuple[str, ...] = ('ours', 'ours-compile', 'hf', 'timm', 'timm-compile')
+MODES: tuple[str, ...] = ('train', 'infer')
+DTYPES: dict[str, torch.dtype] = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
+ALL_FOUR = ('stage1', 'stage2', 'stage3', 'stage4')
+NEEDS = {'hf': 'transformers', 'timm': 'timm'}  # impl -> package it needs
+KNOWN_BATCH = {('tiny', 512): 32, ('base', 512): 16, ('base', 224): 128}  # the REFERENCE.md baselines
+PARITY_INPUT = (1, 3, 64, 96)
+PARITY_TOL = 1e-4  # fp32 relative error above which a speed number means nothing
+
+
+def default_batch(arch: str, size: int) -> int:
+    """The baselines' batch where there is one, else base@512's 16 scaled by activation size, a power of 2."""
+    if (arch, size) in KNOWN_BATCH:
+        return KNOWN_BATCH[(arch, size)]
+
+    def activations(spec):  # blocks x width per pixel of the input, stage by stage
+        return sum(d * c / 4 ** i for i, (d, c) in enumerate(zip(spec.depths, spec.dims)))
+    scale = (512 / size) ** 2 * activations(ARCHS['base']) / activations(resolve_arch(arch))
+    return max(1, 2 ** round(math.log2(16 * scale)))
+
+
+@dataclass(frozen=True)
+class BackboneSettings:
+    """What :func:`backbone_benchmark` measures; every (arch, input, mode, impl) is one row.
+
+    Args:
+        impls (tuple[str, ...]): Among :data:`IMPLS`. Defaults to ('ours', 'hf').
+        archs (tuple[str, ...]): Arch names. Defaults to ('tiny', 'base').
+        inputs (tuple[int, ...]): Square input sizes. Defaults to (512, 224).
+        modes (tuple[str, ...]): 'train' (forward + backward) and/or 'infer'. Defaults to both.
+        batch (int, optional): One batch for every row. Defaults to None (:func:`default_batch`).
+        dtype (str): Autocast dtype, 'bf16', 'fp16' or 'fp32' (no autocast). Defaults to 'bf16'.
+        channels_last (bool): Model and input in channels_last. Defaults to True.
+        warmup (int): Untimed iterations (at least one). Defaults to 10.
+        compile_warmup (int): Untimed iterations for compiled rows. Defaults to 20.
+        iters (int): Timed iterations. Defaults to 30.
+        compile_mode (str, optional): ``torch.compile`` mode. Defaults to None (its default).
+        cudnn_benchmark (bool): ``torch.backends.cudnn.benchmark``. Defaults to True.
+        parity (bool): Check ours against HF (fp32, random weights) first. Defaults to True.
+        device (str, optional): Defaults to None: 'cuda' if available, else 'cpu'.
+    """
+
+    impls: tuple[str, ...] = ('ours', 'hf')
+    archs: tuple[str, ...] = ('tiny', 'base')
+    inputs: tuple[int, ...] = (512, 224)
+    modes: tuple[str, ...] = MODES
+    batch: int | None = None
+    dtype: str = 'bf16'
+    channels_last: bool = True
+    warmup: int = 10
+    compile_warmup: int = 20
+    iters: int = 30
+    compile_mode: str | None = None
+    cudnn_benchmark: bool = True
+    parity: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, given, allowed in (('impls', self.impls, IMPLS), ('archs', self.archs, tuple(ARCHS)),
+                                     ('modes', self.modes, MODES), ('dtype', (self.dtype,), tuple(DTYPES))):
+            if not given or set(given) - set(allowed):
+                raise ValueError(f'{name} must be among {allowed}, got {given!r}')
+        if min(self.inputs, default=0) < 32 or min(self.iters, self.warmup, self.compile_warmup) < 1:
+            raise ValueError('inputs must be >= 32 and iters, warmup, compile_warmup >= 1, got '
+                             f'{self.inputs}, {self.iters}, {self.warmup}, {self.compile_warmup}')
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f'batch must be positive, got {self.batch}')
+
+
+@dataclass
+class Row:
+    """One measured configuration; ``status`` is 'ok', 'OOM', 'not installed' or 'error: ...'."""
+
+    impl: str
+    arch: str
+    input: int
+    batch: int
+    mode: str
+    status: str = 'ok'
+    img_per_s: float | None = None
+    ms_per_iter: float | None = None
+    ms_median: float | None = None
+    peak_mem_bytes: int | None = None
+    first_iter_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class HFBackbone(nn.Module):
+    """HF transformers' ``ConvNextV2Backbone`` (random init) returning a tuple of NCHW maps, as ours does.
+
+    Args:
+        arch (str, optional): Arch name. Defaults to 'tiny'.
+        depths (tuple[int, ...], optional): Custom depths, with ``dims``. Defaults to None.
+        dims (tuple[int, ...], optional): Custom widths. Defaults to None.
+        out_indices (Sequence[int]): OpenMMLab stage indices (0 = stage1). Defaults to (0, 1, 2, 3).
+        drop_path_rate (float): Stochastic depth. Defaults to 0.
+        init_cfg (dict, optional): Must be None (random weights only). Defaults to None.
+    """
+
+    def __init__(self, arch: str | None = 'tiny', *, depths: tuple[int, ...] | None = None,
+                 dims: tuple[int, ...] | None = None, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 drop_path_rate: float = 0.0, init_cfg: dict | None = None) -> None:
+        from transformers import ConvNextV2Backbone, ConvNextV2Config
+        super().__init__()
+        if init_cfg is not None:
+            raise ValueError(f'HFBackbone is for benchmarks with random weights; init_cfg must be None, got {init_cfg}')
+        spec = resolve_arch(arch if depths is None else None, depths, dims)
+        names = select_stages(None, out_indices)
+        self.depths = spec.depths
+        self.out_channels = tuple(dict(zip(ALL_FOUR, spec.dims))[name] for name in names)
+        self.hf = ConvNextV2Backbone(ConvNextV2Config(depths=list(spec.depths), hidden_sizes=list(spec.dims),
+                                                      drop_path_rate=drop_path_rate, out_features=list(names)))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.hf(pixel_values=x).feature_maps)
+
+
+def build_backbone(impl: str, arch: str) -> nn.Module:
+    """An uncompiled backbone with random weights returning all four stage outputs."""
+    base = impl.removesuffix('-compile')
+    if base == 'ours':
+        return ConvNeXtV2(arch, out_indices=(0, 1, 2, 3))
+    if base == 'hf':
+        return HFBackbone(arch)
+    if base == 'timm':
+        import timm
+        return timm.create_model(f'convnextv2_{arch}', pretrained=False, features_only=True)
+    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+
+
+def installed(impl: str) -> bool:
+    package = NEEDS.get(impl.removesuffix('-compile'))
+    return package is None or importlib.util.find_spec(package) is not None
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def resolve_device(device: str | None) -> torch.device:
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.device) -> dict[str, Any]:
+    """Run ``step`` ``warmup`` times (the first one timed alone), then ``iters`` timed times.
+
+    On CUDA the timed loop is bracketed by CUDA events and the peak memory is
+    ``max_memory_allocated`` since the start; on CPU the clock is the wall clock and there is no peak.
+    """
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        step()
+    synchronize(device)
+    if device.type == 'cuda':
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        events[0].record()
+        for event in events[1:]:
+            step()
+            event.record()
+        events[-1].synchronize()
+        times = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+    else:
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
+    return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
+                peak_mem_bytes=peak, first_iter_s=first)
+
+
+def status_of(err: BaseException) -> str:
+    """'OOM', or 'error: Type: first line' with the traceback on stderr, for a row that failed."""
+    if isinstance(err, torch.cuda.OutOfMemoryError) or 'out of memory' in str(err).lower():
+        return 'OOM'
+    traceback.print_exc()
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ''
+    return f'error: {type(err).__name__}: {message[:100]}'
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name and the versions that matter for the numbers."""
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+    env = dict(device=name, device_type=device.type, torch=torch.__version__, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version() if device.type == 'cuda' else None,
+               python=platform.python_version())
+    for package in ('transformers', 'timm', 'triton', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation'):
+        try:
+            env[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            env[package] = None
+    return env
+
+
+# ---------------------------------------------------------------------------------------- backbone mode
+@contextmanager
+def _fp32_convolutions() -> Iterator[None]:
+    """Turn cuDNN's TF32 off for the parity check (matmuls are fp32 by default already)."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = old
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No 'Writing model shards' progress bar in the middle of the table."""
+    from transformers.utils import logging
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
+@torch.no_grad()
+def parity_error(arch: str, device: torch.device, channels_last: bool = True, seed: int = 0) -> float:
+    """Max relative error of our four stage outputs against HF's, with the same random non-zero weights.
+
+    The HF model is randomised (GRN included), saved with ``save_pretrained`` and read back with
+    ``ConvNeXtV2.from_pretrained``, then both run in fp32 on a small input on ``device``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    hf = HFBackbone(arch).eval()
+    for param in hf.parameters():
+        param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    with tempfile.TemporaryDirectory() as folder, _quiet_transformers():
+        hf.hf.save_pretrained(folder)
+        ours = ConvNeXtV2.from_pretrained(folder, out_features=list(ALL_FOUR)).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(PARITY_INPUT, generator=gen).to(device, memory_format=fmt)
+    hf, ours = hf.to(device, memory_format=fmt), ours.to(device, memory_format=fmt)
+    with _fp32_convolutions():
+        pairs = list(zip(ours(x), hf(x), strict=True))
+    return max(((a - b).abs().max() / b.abs().max()).item() for a, b in pairs)
+
+
+def _backbone_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype) -> Callable[[], None]:
+    def autocast():
+        return torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def train() -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            outs = model(x)
+        sum(out.float().mean() for out in outs).backward()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast():
+            model(x)
+    return train if mode == 'train' else infer
+
+
+def _measure_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -> None:
+    torch.manual_seed(0)
+    fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+    model = build_backbone(row.impl, row.arch).to(device, memory_format=fmt).train(row.mode == 'train')
+    compiled = row.impl.endswith('-compile')
+    if compiled:
+        torch._dynamo.reset()  # fresh graphs: no recompiles, no dynamic shapes from an earlier row
+        model = torch.compile(model, mode=s.compile_mode, dynamic=False)
+    x = torch.randn(row.batch, 3, row.input, row.input, device=device).contiguous(memory_format=fmt)
+    step = _backbone_step(model, x, row.mode, DTYPES[s.dtype])
+    result = measure(step, s.compile_warmup if compiled else s.warmup, s.iters, device)
+    for key, value in result.items():
+        setattr(row, key, value)
+    row.img_per_s = row.batch * 1e3 / row.ms_per_iter
+
+
+def backbone_benchmark(s: BackboneSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Check parity with HF, then time every (arch, input, mode, impl); one row each, failures included."""
+    device = resolve_device(s.device)
+    torch.backends.cudnn.benchmark = s.cudnn_benchmark
+    parity: dict[str, float | str] = {}
+    for arch in s.archs:
+        if not s.parity:
+            parity[arch] = 'skipped'
+        elif not installed('hf'):
+            parity[arch] = 'skipped: transformers not installed'
+        else:
+            try:
+                parity[arch] = parity_error(arch, device, s.channels_last)
+            except Exception as err:  # a check that cannot run is a failed check, but the table still comes
+                parity[arch] = status_of(err)
+            log(f'parity {arch}: {parity[arch]}')
+    rows = []
+    for arch in s.archs:
+        for size in s.inputs:
+            for mode in s.modes:
+                for impl in s.impls:
+                    row = Row(impl, arch, size, s.batch or default_batch(arch, size), mode)
+                    if not installed(impl):
+                        row.status = 'not installed'
+                    else:
+                        try:
+                            _measure_backbone_row(row, s, device)
+                        except Exception as err:  # one failed row must not lose the others
+                            row.status = status_of(err)
+                        free_memory(device)
+                    log(f'{impl:>12} {arch} {size} b{row.batch} {mode}: '
+                        + (f'{row.img_per_s:.1f} img/s' if row.status == 'ok' else row.status))
+                    rows.append(row)
+    return dict(kind='backbone', env=environment(device), settings=asdict(s), parity=parity,
+                rows=[asdict(row) for row in rows])
+
+
+# ------------------------------------------------------------------------------------------------ table
+def fmt_num(value: float | None, spec: str) -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def fmt_gib(value: int | None) -> str:
+    return '-' if value is None else f'{value / 2 ** 30:.2f}'
+
+
+def format_header(env: dict[str, Any]) -> list[str]:
+    """The device and the versions that matter, as two markdown lines."""
+    versions = ', '.join(f'{k} {env[k]}' for k in ('torch', 'cuda', 'cudnn', 'python', 'transformers', 'timm',
+                                                    'triton', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation')
+                         if env.get(k) is not None)
+    return [f'device: {env["device"]}', f'versions: {versions}']
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Markdown: the header (device, versions, settings, parity), then one table row per row of ``report``."""
+    if report['kind'] == 'full':
+        from .benchmark_full import format_full_report
+        return format_full_report(report)
+    s = report['settings']
+    parity = '; '.join(f'{arch} {err:.2e}{" FAILED" if err > PARITY_TOL else ""}' if isinstance(err, float)
+                       else f'{arch} {err}' for arch, err in report['parity'].items())
+    lines = format_header(report['env']) + [
+        f'settings: {s["dtype"]} autocast, {"channels_last" if s["channels_last"] else "NCHW"}, all four stage '
+        f'outputs, train = forward + backward of the sum of output means, warm-up {s["warmup"]} (compiled '
+        f'{s["compile_warmup"]}, mode {s["compile_mode"] or "default"}), {s["iters"]} timed iterations'
+        + (f', cudnn.benchmark {s["cudnn_benchmark"]}' if report['env']['device_type'] == 'cuda' else ''),
+        f'parity ours vs HF (fp32, random weights, input {"x".join(map(str, PARITY_INPUT))}, max relative '
+        f'error over the four stages, tolerance {PARITY_TOL:g}): {parity}',
+        '',
+        '| impl | arch | input | batch | mode | img/s | ms/iter | median ms | peak mem (GiB) | 1st iter (s) | status |',
+        '|---|---|---|---|---|---|---|---|---|---|---|']
+    for r in report['rows']:
+        lines.append(f'| {r["impl"]} | {r["arch"]} | {r["input"]} | {r["batch"]} | {r["mode"]} | '
+                     f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_num(r["ms_per_iter"], ".2f")} | '
+                     f'{fmt_num(r["ms_median"], ".2f")} | {fmt_gib(r["peak_mem_bytes"])} | '
+                     f'{fmt_num(r["first_iter_s"], ".1f")} | {r["status"]} |')
+    return '\n'.join(lines)
+
+
+def parity_failed(report: dict[str, Any]) -> bool:
+    """Whether any arch's parity error exceeds :data:`PARITY_TOL` or the check failed to run."""
+    return any(not err <= PARITY_TOL if isinstance(err, float) else err.startswith(('error', 'OOM'))
+               for err in report.get('parity', {}).values())

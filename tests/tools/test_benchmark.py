@@ -1,0 +1,38 @@
+"""tools/benchmark.py, backbone mode, on the CPU: the table has one row per (impl, mode) and ours matches HF.
+
+A smoke test of the tool, not a timed test: no assertion on any speed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip('transformers')
+TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark.py'
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backbone_table_on_cpu(tmp_path, capsys):
+    json_out = tmp_path / 'bench.json'
+    argv = ['backbone', '--device', 'cpu', '--impl', 'ours', 'hf', '--arch', 'atto', '--input', '64',
+            '--batch', '1', '--warmup', '1', '--iters', '1', '--json-out', str(json_out)]
+    assert load_tool().main(argv) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| impl')]
+    assert [line.split(' | ')[:5] for line in rows] == [
+        ['| ours', 'atto', '64', '1', 'train'], ['| hf', 'atto', '64', '1', 'train'],
+        ['| ours', 'atto', '64', '1', 'infer'], ['| hf', 'atto', '64', '1', 'infer']]
+    assert all(line.endswith('| ok |') for line in rows), rows
+    assert 'parity ours vs HF' in table and 'device: CPU' in table
+    report = json.loads(json_out.read_text())
+    assert report['parity']['atto'] < 1e-4
+    assert all(row['status'] == 'ok' and row['ms_per_iter'] > 0 for row in report['rows'])

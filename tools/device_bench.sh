@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Run the GPU benchmarks from the repo root: environment report, optional offline wheel install, backbone
+# tables (ours, ours + torch.compile, HF, timm if installed) and full mmseg/mmdet training iterations
+# (our backbone and HF's in the same process). Every step runs even if an earlier one failed.
+#
+#   tools/device_bench.sh                     # every step
+#   tools/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
+#
+# Steps: env wheels bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
+# Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
+# shared/wheels), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
+# on PYTHONPATH, e.g. /tmp/site, instead of into the environment), PIP_FLAGS (e.g. --break-system-packages),
+# BACKBONE_ARGS / FULL_ARGS (extra arguments for tools/benchmark.py, e.g. "--iters 50"), LOG_DIR (stderr
+# of each step, default /tmp/device_bench_logs). $OUT gets one JSON per benchmark step (7) and summary.md
+# (every table, and the log tail of each failed step): 8 files.
+set -u
+
+OUT=${OUT:-./bench_out}
+PYTHON=${PYTHON:-python3}
+WHEELS=${WHEELS:-shared/wheels}
+WHEEL_PACKAGES=${WHEEL_PACKAGES:-"mmengine mmcv mmdet mmsegmentation transformers timm"}
+PIP_FLAGS=${PIP_FLAGS:-}
+WHEEL_TARGET=${WHEEL_TARGET:-}
+BACKBONE_ARGS=${BACKBONE_ARGS:-}
+FULL_ARGS=${FULL_ARGS:-}
+ALL_STEPS="env wheels bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny"
+STEPS=${*:-$ALL_STEPS}
+LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
+mkdir -p "$OUT" "$LOG_DIR"
+: >"$OUT/summary.md"
+FAILED=""
+
+note() { echo "=== $* ===" >&2; }
+failed() {
+    echo "!!! step '$1' failed (exit $2); going on" >&2
+    FAILED="$FAILED $1"
+    { echo "step '$1' failed (exit $2)"; echo '```'; tail -n 30 "$LOG_DIR/$1.log" 2>/dev/null; echo '```'; echo; } \
+        >>"$OUT/summary.md"
+}
+
+step_env() {
+    nvidia-smi || echo "nvidia-smi not available"
+    "$PYTHON" --version
+    "$PYTHON" - <<'EOF'
+import importlib.metadata as md
+import torch
+print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| cuDNN', torch.backends.cudnn.version(),
+      '| GPU', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')
+for name in ('triton', 'transformers', 'timm', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'numpy'):
+    try:
+        print(f'{name} {md.version(name)}')
+    except md.PackageNotFoundError:
+        print(f'{name} not installed')
+EOF
+}
+
+step_wheels() {
+    if [ ! -d "$WHEELS" ]; then
+        echo "no wheel folder $WHEELS; using what is installed"
+        return 0
+    fi
+    ls -l "$WHEELS"
+    # Never let a wheel replace the machine's torch (or its CUDA build).
+    "$PYTHON" -c 'import torch; print("torch==" + torch.__version__)' >"$LOG_DIR/constraints.txt" || return 1
+    local pkg rc=0 target=""
+    if [ -n "$WHEEL_TARGET" ]; then
+        target="--upgrade --target $WHEEL_TARGET"
+        export PYTHONPATH="$WHEEL_TARGET${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    for pkg in $WHEEL_PACKAGES; do
+        if ! ls "$WHEELS" | grep -qi "^${pkg//-/_}-"; then
+            echo "skip $pkg: no wheel in $WHEELS"
+            continue
+        fi
+        "$PYTHON" -m pip install --no-index --find-links "$WHEELS" -c "$LOG_DIR/constraints.txt" \
+            $target $PIP_FLAGS "$pkg" || { echo "could not install $pkg from $WHEELS"; rc=1; }
+    done
+    return $rc
+}
+
+# run_tool STEP ARGS...: tools/benchmark.py; its table goes to summary.md, its JSON to $OUT/STEP.json, its
+# progress and errors to $LOG_DIR/STEP.log (shown at the end of the step; its tail goes to summary.md on failure).
+run_tool() {
+    local name=$1 rc
+    shift
+    "$PYTHON" tools/benchmark.py "$@" --json-out "$OUT/$name.json" 2>"$LOG_DIR/$name.log" | tee -a "$OUT/summary.md"
+    rc=${PIPESTATUS[0]}
+    echo >>"$OUT/summary.md"
+    grep -v 'pkg_resources' "$LOG_DIR/$name.log" | tail -n 40 >&2
+    return "$rc"
+}
+
+# bb STEP ARCH INPUT BATCH: one backbone table, train and infer, bf16, channels_last.
+bb() {
+    local impls="ours ours-compile hf"
+    if "$PYTHON" -c 'import timm' 2>/dev/null; then impls="$impls timm timm-compile"; fi
+    run_tool "$1" backbone --impl $impls --arch "$2" --input "$3" --batch "$4" --mode train infer --dtype bf16 \
+        --channels-last $BACKBONE_ARGS
+}
+
+# full STEP CONFIG: one training iteration of a config, our backbone and HF's.
+full() {
+    if ! "$PYTHON" -c 'import mmcv, mmengine' 2>/dev/null; then
+        echo "mmcv/mmengine do not import; skipping $1"
+        return 0
+    fi
+    run_tool "$1" full --config "$2" --backbone-impl ours hf $FULL_ARGS
+}
+
+for step in $STEPS; do
+    note "$step"
+    case "$step" in
+        env) step_env ;;
+        wheels) step_wheels ;;
+        bb-tiny-512) bb "$step" tiny 512 32 ;;
+        bb-base-512) bb "$step" base 512 16 ;;
+        bb-base-224) bb "$step" base 224 128 ;;
+        full-seg-base) full "$step" configs/upernet_convnextv2_base_ade20k.py ;;
+        full-seg-tiny) full "$step" configs/upernet_convnextv2_tiny_ade20k.py ;;
+        full-det-base) full "$step" configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py ;;
+        full-det-tiny) full "$step" configs/mask-rcnn_convnextv2_tiny_fpn_3x_coco.py ;;
+        *) echo "unknown step '$step'; steps: $ALL_STEPS" >&2; false ;;
+    esac || failed "$step" "$?"
+done
+
+note "done; results in $OUT${FAILED:+; failed steps:$FAILED}"
+[ -z "$FAILED" ]
