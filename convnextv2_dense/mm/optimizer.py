@@ -28,6 +28,12 @@ class ConvNeXtV2LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     Frozen parameters are left out.
     """
 
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        # The parent builds plain `model.parameters()` (skipping add_params) when paramwise_cfg is
+        # empty; spelling out the defaults keeps GRN, norms and biases out of weight decay even then.
+        defaults = {'decay_rate': 1.0, 'decay_type': 'layer_wise'}
+        super().__init__(optim_wrapper_cfg, {**defaults, **(paramwise_cfg or {})})
+
     def _validate_cfg(self) -> None:
         unknown = set(self.paramwise_cfg) - {'decay_rate', 'decay_type'}
         if unknown:
