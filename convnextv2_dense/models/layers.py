@@ -1,7 +1,8 @@
 """The layers a ConvNeXt V2 block is made of: channels-first LayerNorm, GRN and drop path.
 
 GRN (global response normalization) is the V2 addition (Woo et al., 2023, Sec. 3.2). Its statistics are
-computed in fp32 so that fp16 autocast cannot overflow the squared sums.
+accumulated in fp32, so fp16 autocast cannot overflow the squared sums, without an fp32 copy of the
+4C-wide activation; the per-(image, channel) scale is then applied in one pass in the input's dtype.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ class GRN(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.linalg.vector_norm(x.float(), ord=2, dim=(1, 2), keepdim=True)
+        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
         scale = torch.addcmul(torch.ones_like(nx), self.gamma.float(), nx)
         return torch.addcmul(self.beta.to(x.dtype), x, scale.to(x.dtype))
