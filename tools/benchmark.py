@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     backbone.add_argument('--no-parity', action='store_true', help='skip the parity check against HF')
     full = commands.add_parser('full', help='one training iteration of an mmseg/mmdet config')
     full.add_argument('--config', required=True, help='mmseg or mmdet config file')
-    full.add_argument('--backbone-impl', nargs='+', choices=('ours', 'hf'), default=['ours'],
+    full.add_argument('--backbone-impl', nargs='+', choices=('ours', 'ours-compile', 'hf'), default=['ours'],
                       help="'hf' swaps in HF's ConvNextV2Backbone (same heads, same param groups)")
     full.add_argument('--img-per-gpu', type=int, help='images per step (default: 2 seg, 4 det)')
     full.add_argument('--img-size', type=int, help="square image size (default: the seg crop, 1024 det)")

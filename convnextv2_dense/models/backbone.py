@@ -37,6 +37,10 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         frozen_stages (int): -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 1..k, with their
             output norms; frozen parts stay in eval mode after ``train()``. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
+        compile (bool | dict): Run the forward pass through ``torch.compile`` (a dict is passed to it as
+            keyword arguments). It fuses LayerNorm, GELU and GRN into far fewer kernels: about twice the
+            backbone's training throughput on a GPU. The first step compiles (about a minute); each new
+            input shape compiles again. Defaults to False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads weights in
             :meth:`init_weights` through the strict loader of :mod:`convnextv2_dense.weights`.
             Defaults to None.
@@ -53,6 +57,7 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
                  drop_path_rate: float = 0.0,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 compile: bool | dict = False,
                  init_cfg: dict | None = None) -> None:
         if arch is None and depths is None and dims is None:
             arch = 'tiny'
@@ -72,6 +77,9 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         self.out_channels = tuple(channels[name] for name in selected)
         self.strides = tuple(STAGE_STRIDES[name] for name in selected)
         self.frozen_stages = frozen_stages
+        if not isinstance(compile, (bool, dict)):
+            raise ValueError(f'compile must be a bool or a dict of torch.compile arguments, got {compile!r}')
+        self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
         self.init_cfg = init_cfg
         self.out_norms = nn.ModuleDict({name: LayerNorm2d(channels[name]) for name in selected})
         self._last_stage = max(STAGE_NAMES.index(name) for name in selected)
@@ -79,6 +87,19 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return a tuple of NCHW feature maps, one per selected stage, in stage order."""
+        if self.compile_cfg is not None and not torch.compiler.is_compiling():
+            return self._compiled_features()(x)
+        return self._features(x)
+
+    def _compiled_features(self):
+        # Cached per module object, so a deep copy (EMA, model wrappers) compiles its own forward.
+        owner, fn = self.__dict__.get('_compiled', (None, None))
+        if owner != id(self):
+            fn = torch.compile(self._features, **self.compile_cfg)
+            self.__dict__['_compiled'] = (id(self), fn)
+        return fn
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = []
         for name, feature in self.iter_stages(x, last=self._last_stage):
             if name in self.out_norms:

@@ -183,3 +183,24 @@ def test_classifier_logits_shape_and_bad_num_classes():
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
     with pytest.raises(ValueError, match='num_classes'):
         ConvNeXtV2Classifier('atto', num_classes=0)
+
+
+def test_compile_gives_the_same_features_and_gradients():
+    torch.manual_seed(0)
+    compiled = ConvNeXtV2(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), compile=True)
+    for p in compiled.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    eager = ConvNeXtV2(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+    eager.load_state_dict(compiled.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for out, ref in zip(compiled(x), eager(x)):
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    sum(o.square().mean() for o in compiled(x)).backward()
+    sum(o.square().mean() for o in eager(x)).backward()
+    torch.testing.assert_close(compiled.stages[0][0].grn.gamma.grad, eager.stages[0][0].grn.gamma.grad,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_compile_must_be_bool_or_dict():
+    with pytest.raises(ValueError, match='compile must be a bool or a dict'):
+        ConvNeXtV2('atto', compile='yes')
