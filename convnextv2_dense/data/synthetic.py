@@ -40,7 +40,7 @@ DEMO_SEG_SHAPES: tuple[str, ...] = ('background', 'square', 'circle', 'triangle'
 DEMO_DET_CLASSES: tuple[str, ...] = ('circle', 'square', 'triangle')
 
 MARKER_NAME = 'demo_complete.json'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STREAMS = {'ade': 1, 'coco': 2}
 _MAX_SHAPES = 4
 

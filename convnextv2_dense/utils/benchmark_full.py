@@ -25,6 +25,9 @@ HF_BACKBONE_TYPE = 'BenchmarkHFConvNextV2Backbone'  # registered only while a fu
 HF_CONSTRUCTOR_TYPE = 'BenchmarkHFLayerDecayOptimizerConstructor'
 
 
+FULL_IMPLS = ('ours', 'ours-compile', 'hf')
+
+
 @dataclass(frozen=True)
 class FullSettings:
     """What :func:`full_benchmark` measures: ``model.train_step`` of an mm config, once per backbone.
@@ -51,8 +54,8 @@ class FullSettings:
     device: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.backbone_impls or set(self.backbone_impls) - {'ours', 'hf'}:
-            raise ValueError(f"backbone_impls must be among ('ours', 'hf'), got {self.backbone_impls!r}")
+        if not self.backbone_impls or set(self.backbone_impls) - set(FULL_IMPLS):
+            raise ValueError(f'backbone_impls must be among {FULL_IMPLS}, got {self.backbone_impls!r}')
         if min(self.iters, self.warmup) < 1:
             raise ValueError(f'iters and warmup must be >= 1, got {self.iters}, {self.warmup}')
 
