@@ -9,5 +9,7 @@ model = dict(
         type='ConvNeXtV2',
         arch='tiny',
         out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.2),
+        drop_path_rate=0.2,
+        # torch.compile of the backbone (README, "Speed"); the first iteration compiles for a minute.
+        compile=True),
     neck=dict(in_channels=[96, 192, 384, 768]))

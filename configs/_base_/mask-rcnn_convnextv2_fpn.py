@@ -10,6 +10,8 @@ model = dict(
         type='ConvNeXtV2',
         arch='base',
         out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.4),
+        drop_path_rate=0.4,
+        # torch.compile of the backbone (README, "Speed"); the first iteration compiles for a minute.
+        compile=True),
     neck=dict(in_channels=[128, 256, 512, 1024]),
     test_cfg=dict(rcnn=dict(nms=dict(type='soft_nms', iou_threshold=0.5))))

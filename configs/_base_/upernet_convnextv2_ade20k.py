@@ -20,7 +20,9 @@ model = dict(
         type='ConvNeXtV2',
         arch='base',
         out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.4),
+        drop_path_rate=0.4,
+        # torch.compile of the backbone (README, "Speed"); the first iteration compiles for a minute.
+        compile=True),
     decode_head=dict(in_channels=[128, 256, 512, 1024], channels=512, num_classes=num_classes),
     auxiliary_head=dict(in_channels=512, in_index=2, channels=256, num_classes=num_classes,
                         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),

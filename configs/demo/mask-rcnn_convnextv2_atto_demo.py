@@ -8,7 +8,7 @@ classes = ('circle', 'square', 'triangle')
 image_scale = (256, 256)
 width = 128  # FPN and head channels: half of the COCO configs', for CPU speed
 model = dict(
-    backbone=dict(arch='atto', drop_path_rate=0.0),
+    backbone=dict(arch='atto', drop_path_rate=0.0, compile=False),
     neck=dict(in_channels=[40, 80, 160, 320], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     roi_head=dict(

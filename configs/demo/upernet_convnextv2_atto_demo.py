@@ -9,7 +9,7 @@ crop_size = (128, 128)
 norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch='atto', drop_path_rate=0.0, init_cfg=None),
+    backbone=dict(arch='atto', drop_path_rate=0.0, compile=False, init_cfg=None),
     decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=160, channels=32, num_classes=len(classes), norm_cfg=norm_cfg),
     test_cfg=dict(mode='whole'))

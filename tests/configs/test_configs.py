@@ -79,7 +79,7 @@ def load(path: Path) -> Config:
 
 def backbone_of(cfg: Config) -> ConvNeXtV2:
     """The configured backbone on the meta device: real attributes, no memory."""
-    args = {k: v for k, v in cfg.model.backbone.items() if k not in ('type', 'init_cfg')}
+    args = {k: v for k, v in cfg.model.backbone.items() if k not in ('type', 'init_cfg', 'compile')}
     with torch.device('meta'):
         return ConvNeXtV2(**args)
 
@@ -87,6 +87,7 @@ def backbone_of(cfg: Config) -> ConvNeXtV2:
 def build(cfg: Config, device: str = 'cpu') -> torch.nn.Module:
     init_default_scope(cfg.default_scope)
     cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.compile = False  # shapes and wiring here; compile itself is tested in tests/models
     with torch.device(device):
         return MODELS.build(cfg.model)
 
@@ -296,3 +297,13 @@ def test_upernet_auxiliary_loss_weight_is_0_4(path):
 @pytest.mark.parametrize('path', UPERNET)
 def test_upernet_lr_is_for_batch_16(path):
     assert load(path).auto_scale_lr.base_batch_size == 16
+
+
+@pytest.mark.parametrize('path', [p for p in LEAVES if p.parent.name != 'demo'], ids=lambda p: p.name)
+def test_gpu_configs_compile_the_backbone_and_demos_do_not(path):
+    assert load(path).model.backbone.compile is True
+
+
+@pytest.mark.parametrize('path', [p for p in LEAVES if p.parent.name == 'demo'], ids=lambda p: p.name)
+def test_demo_configs_run_eagerly(path):
+    assert load(path).model.backbone.compile is False
