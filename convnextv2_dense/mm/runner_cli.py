@@ -87,4 +87,8 @@ def build_runner(cfg: Any) -> Any:
     """``Runner.from_cfg``, or the registered runner type when the config names one."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+    if cfg.launcher == 'pytorch' and not torch.cuda.is_available() and not torch.distributed.is_initialized():
+        # mmengine's init_dist calls torch.cuda.set_device, which a CPU build lacks; with the process
+        # group already up (torchrun's env:// variables), the runner skips it.
+        torch.distributed.init_process_group(backend='gloo')
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

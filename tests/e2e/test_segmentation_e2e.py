@@ -1,10 +1,13 @@
 """UperNet end to end through tools/train.py and tools/test.py on a tiny synthetic ADE20K split."""
 import glob
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from .helpers import run_tool, seg_options
+from .helpers import REPO, run_tool, seg_options
 
 CONFIG = 'configs/demo/upernet_convnextv2_atto_demo.py'
 
@@ -69,3 +72,19 @@ def test_missing_config_is_a_clear_error(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     proc = run_tool('tools/test.py', CONFIG, tmp_path / 'nope.pth', check=False)
     assert proc.returncode != 0 and 'checkpoint not found' in proc.stderr
+
+
+def test_dist_train_and_test_run_on_cpu_with_gloo(ade_root, tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS='ignore', PORT='29517')
+    opts = seg_options(ade_root, **{'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+                                    'default_hooks.checkpoint.interval': 2})
+    proc = subprocess.run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', str(tmp_path), *opts],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'backend': 'gloo'" in proc.stdout + proc.stderr
+    assert (tmp_path / 'iter_2.pth').is_file()
+    proc = subprocess.run(['bash', 'tools/dist_test.sh', CONFIG, str(tmp_path / 'iter_2.pth'), '2',
+                           '--work-dir', str(tmp_path / 'test'), *seg_options(ade_root)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'mIoU: \d+\.\d+', proc.stdout + proc.stderr)
