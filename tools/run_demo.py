@@ -73,13 +73,14 @@ def save_untrained(config: str, path: str) -> None:
 
 
 def tile_predictions(vis_dir: str, out_file: str, count: int = 6) -> str | None:
-    """Stack the first ``count`` ground-truth | prediction images into one PNG."""
+    """Stack the first ``count`` ground-truth | prediction images, at twice their size, into one PNG."""
     from PIL import Image
     files = sorted(glob.glob(osp.join(vis_dir, '**', '*.png'), recursive=True)
                    + glob.glob(osp.join(vis_dir, '**', '*.jpg'), recursive=True))[:count]
     if not files:
         return None
     images = [Image.open(f).convert('RGB') for f in files]
+    images = [im.resize((im.width * 2, im.height * 2), Image.NEAREST) for im in images]  # small demo images
     width = max(im.width for im in images)
     sheet = Image.new('RGB', (width, sum(im.height for im in images)), 'white')
     y = 0
