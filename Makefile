@@ -34,7 +34,7 @@ demo-seg: env
 	$(BIN)/python tools/run_demo.py seg --work-dir $(DEMO_DIR)/upernet
 
 demo-det: env
-	$(BIN)/python tools/run_demo.py det --work-dir $(DEMO_DIR)/mask-rcnn
+	$(BIN)/python tools/run_demo.py det --work-dir $(DEMO_DIR)/mask-rcnn --backbone-from $(DEMO_DIR)/upernet/train
 
 clean-env:
 	rm -rf $(VENV)

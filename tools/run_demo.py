@@ -56,7 +56,7 @@ def config_digest(config: str) -> str:
     return hashlib.sha256(open(osp.join(REPO, config), 'rb').read()).hexdigest()[:12]
 
 
-def save_untrained(config: str, path: str) -> None:
+def save_untrained(config: str, path: str, options: dict) -> None:
     """The model as training starts (seeded as the config says), saved for the baseline evaluation."""
     import torch
     from mmengine.config import Config
@@ -64,6 +64,7 @@ def save_untrained(config: str, path: str) -> None:
 
     import convnextv2_dense  # noqa: F401
     cfg = Config.fromfile(osp.join(REPO, config))
+    cfg.merge_from_dict(options)
     init_default_scope(cfg.default_scope)
     torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
     from mmengine.registry import MODELS
@@ -96,11 +97,24 @@ def main() -> None:
     parser.add_argument('task', choices=sorted(TASKS))
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--data', default='data/demo', help='where the synthetic data lives')
+    parser.add_argument('--backbone-from', metavar='WORK_DIR',
+                        help="start the backbone from the best checkpoint in another demo's train dir "
+                        '(the detection demo uses the segmentation demo\'s, as detectors start from '
+                        'pretrained backbones)')
     args = parser.parse_args()
     task = TASKS[args.task]
     config, work_dir = task['config'], osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
-    digest = config_digest(config)
+    options = {}
+    best_elsewhere = sorted(glob.glob(osp.join(args.backbone_from or '', 'best_*.pth')), key=osp.getmtime)
+    if args.backbone_from and best_elsewhere:
+        options = {'model.backbone.init_cfg.type': 'Pretrained',
+                   'model.backbone.init_cfg.checkpoint': best_elsewhere[-1]}
+        print(f'backbone starts from {best_elsewhere[-1]} (loaded by our strict loader)')
+    elif args.backbone_from:
+        print(f'note: no best_*.pth in {args.backbone_from}; the backbone starts from scratch')
+    cfg_options = ['--cfg-options', *(f'{k}={v}' for k, v in options.items())] if options else []
+    digest = config_digest(config) + ('-' + osp.basename(best_elsewhere[-1]) if options else '')
     summary_file = osp.join(work_dir, 'summary.json')
     if osp.isfile(summary_file) and json.load(open(summary_file)).get('config_digest') == digest:
         print(open(osp.join(work_dir, 'summary.md')).read())
@@ -110,7 +124,7 @@ def main() -> None:
     run('tools/make_demo_data.py', '--out', args.data)
 
     untrained = osp.join(work_dir, 'untrained.pth')
-    save_untrained(config, untrained)
+    save_untrained(config, untrained, options)
     run('tools/test.py', config, untrained, '--work-dir', osp.join(work_dir, 'test_untrained'))
     before = last_metrics(osp.join(work_dir, 'test_untrained'))
 
@@ -118,7 +132,7 @@ def main() -> None:
     done_marker = osp.join(train_dir, 'done.json')
     if not (osp.isfile(done_marker) and json.load(open(done_marker)).get('config_digest') == digest):
         resume = ['--resume'] if osp.isfile(osp.join(train_dir, 'last_checkpoint')) else []
-        run('tools/train.py', config, '--work-dir', train_dir, *resume)
+        run('tools/train.py', config, '--work-dir', train_dir, *resume, *cfg_options)
         with open(done_marker, 'w') as f:
             json.dump({'config_digest': digest}, f)
     best = sorted(glob.glob(osp.join(train_dir, 'best_*.pth')), key=osp.getmtime)
