@@ -46,7 +46,7 @@ train_cfg = dict(max_epochs=max_epochs, val_interval=4)
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
 param_scheduler = [
