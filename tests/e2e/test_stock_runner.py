@@ -17,10 +17,11 @@ parser.add_argument('config')
 parser.add_argument('work_dir')
 parser.add_argument('--cfg-options', nargs='+', action=DictAction)
 args = parser.parse_args()
-cfg = Config.fromfile(args.config)
+assert 'convnextv2_dense' not in sys.modules
+cfg = Config.fromfile(args.config)  # its custom_imports brings the package in
+assert 'convnextv2_dense' in sys.modules
 cfg.merge_from_dict(args.cfg_options)
 cfg.work_dir = args.work_dir
-assert 'convnextv2_dense' not in sys.modules
 Runner.from_cfg(cfg).train()
 '''
 
