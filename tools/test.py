@@ -11,7 +11,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from convnextv2_dense.mm.runner_cli import add_common_args, build_runner, load_config, task_of  # noqa: E402
+from convnextv2_dense.mm.runner_cli import (add_common_args, build_runner, load_config,  # noqa: E402
+                                             shut_down_distributed, task_of)
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,6 +69,7 @@ def main() -> None:
         cfg.model = cfg.tta_model
 
     build_runner(cfg).test()
+    shut_down_distributed()
 
 
 if __name__ == '__main__':

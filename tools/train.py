@@ -5,7 +5,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from convnextv2_dense.mm.runner_cli import add_common_args, build_runner, load_config  # noqa: E402
+from convnextv2_dense.mm.runner_cli import (add_common_args, build_runner, load_config,  # noqa: E402
+                                             shut_down_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -35,6 +36,7 @@ def main() -> None:
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     build_runner(cfg).train()
+    shut_down_distributed()
 
 
 if __name__ == '__main__':

@@ -92,3 +92,10 @@ def build_runner(cfg: Any) -> Any:
         # group already up (torchrun's env:// variables), the runner skips it.
         torch.distributed.init_process_group(backend='gloo')
     return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def shut_down_distributed() -> None:
+    """Tear the process group down before exit, so gloo's threads don't abort the process at shutdown."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
