@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 
+@functools.cache
 def _allowed_globals() -> dict[str, Any]:
     import numpy as np
     from mmengine.logging import HistoryBuffer
@@ -58,14 +59,13 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module in ('builtins', '__builtin__') and name == 'getattr':
             return _history_buffer_getattr
-        obj = _allowed_globals_cached().get(f'{module}.{name}')
+        obj = _allowed_globals().get(f'{module}.{name}')
         if obj is None:
             raise pickle.UnpicklingError(f'checkpoint needs {module}.{name}, which is not on the allow-list '
                                          'of tensors, numpy values and mmengine HistoryBuffer')
         return obj
 
 
-_allowed_globals_cached = functools.cache(_allowed_globals)
 restricted_pickle = types.SimpleNamespace(__name__='restricted_pickle', Unpickler=RestrictedUnpickler,
                                           load=lambda f, **kw: RestrictedUnpickler(f, **kw).load())
 

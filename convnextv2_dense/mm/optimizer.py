@@ -17,6 +17,8 @@ from torch import nn
 
 from .layer_decay import DECAY_TYPES, lr_scale, no_weight_decay
 
+PARAMWISE_DEFAULTS = {'decay_rate': 1.0, 'decay_type': 'layer_wise'}
+
 
 class ConvNeXtV2LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """Param groups by (layer, decay or not) for a model whose ``backbone`` is a ConvNeXt V2.
@@ -31,18 +33,17 @@ class ConvNeXtV2LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
         # The parent builds plain `model.parameters()` (skipping add_params) when paramwise_cfg is
         # empty; spelling out the defaults keeps GRN, norms and biases out of weight decay even then.
-        defaults = {'decay_rate': 1.0, 'decay_type': 'layer_wise'}
-        super().__init__(optim_wrapper_cfg, {**defaults, **(paramwise_cfg or {})})
+        super().__init__(optim_wrapper_cfg, {**PARAMWISE_DEFAULTS, **(paramwise_cfg or {})})
 
     def _validate_cfg(self) -> None:
-        unknown = set(self.paramwise_cfg) - {'decay_rate', 'decay_type'}
+        unknown = set(self.paramwise_cfg) - set(PARAMWISE_DEFAULTS)
         if unknown:
             raise ValueError(f'ConvNeXtV2LayerDecayOptimizerConstructor: unknown paramwise_cfg keys '
                              f'{sorted(unknown)}; allowed: decay_rate, decay_type')
-        decay_type = self.paramwise_cfg.get('decay_type', 'layer_wise')
+        decay_type = self.paramwise_cfg['decay_type']
         if decay_type not in DECAY_TYPES:
             raise ValueError(f'decay_type must be one of {DECAY_TYPES}, got {decay_type!r}')
-        rate = self.paramwise_cfg.get('decay_rate', 1.0)
+        rate = self.paramwise_cfg['decay_rate']
         if not 0.0 < rate <= 1.0:
             raise ValueError(f'decay_rate must be in (0, 1], got {rate!r}')
 
@@ -53,8 +54,7 @@ class ConvNeXtV2LayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         if depths is None or not hasattr(backbone, 'downsample_layers'):
             raise TypeError('ConvNeXtV2LayerDecayOptimizerConstructor needs a model whose `backbone` is a '
                             f'ConvNeXtV2, got {type(backbone).__name__}')
-        decay_type = self.paramwise_cfg.get('decay_type', 'layer_wise')
-        rate = self.paramwise_cfg.get('decay_rate', 1.0)
+        decay_type, rate = self.paramwise_cfg['decay_type'], self.paramwise_cfg['decay_rate']
         groups: dict[tuple[float, float], dict] = {}
         for name, param in module.named_parameters():
             if not param.requires_grad:

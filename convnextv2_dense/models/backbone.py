@@ -141,7 +141,4 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
     def extra_repr(self) -> str:
         return f'arch={self.arch or "custom"}, out_features={self.out_features}, frozen_stages={self.frozen_stages}'
 
-    def _get_name(self) -> str:
-        return 'ConvNeXtV2'
-
 

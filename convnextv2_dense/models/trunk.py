@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .archs import ArchSpec, arch_name, resolve_arch
+from .archs import arch_name, resolve_arch
 from .block import Block
 from .layers import LayerNorm2d
 
@@ -113,7 +113,3 @@ class ConvNeXtV2Trunk(nn.Module):
         from ..weights import load_pretrained  # the weights package imports this module
         return load_pretrained(cls, source, **overrides)
 
-
-def describe(spec: ArchSpec) -> str:
-    """``'tiny'`` or ``'depths=(...), dims=(...)'`` for messages."""
-    return arch_name(spec) or f'depths={spec.depths}, dims={spec.dims}'
