@@ -100,10 +100,14 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         return fn
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Inside the trunk every LayerNorm leaves its output channels-last (fast for the convs that follow).
+        # The outputs go back to the input's layout: raw-pointer CUDA/C++ ops downstream, such as mmcv's
+        # RoIAlign, index their input as contiguous NCHW and silently read channels-last tensors wrong.
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         outs = []
         for name, feature in self.iter_stages(x, last=self._last_stage):
             if name in self.out_norms:
-                outs.append(self.out_norms[name](feature))
+                outs.append(self.out_norms[name](feature).contiguous(memory_format=layout))
         return tuple(outs)
 
     def init_weights(self) -> None:
@@ -142,3 +146,6 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         return f'arch={self.arch or "custom"}, out_features={self.out_features}, frozen_stages={self.frozen_stages}'
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` was laid out channels-last on purpose (a plain NCHW tensor can pass both tests)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

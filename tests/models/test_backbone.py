@@ -82,6 +82,13 @@ def test_channels_last_inputs_stay_channels_last():
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_nchw_inputs_give_contiguous_nchw_outputs():
+    # The trunk runs channels-last inside; ops that index raw NCHW memory (mmcv's RoIAlign) need this.
+    model = ConvNeXtV2('atto')
+    outs = model(torch.randn(2, 3, 64, 64))
+    assert all(out.is_contiguous() for out in outs)
+
+
 def test_drop_path_grows_linearly_over_depth():
     model = ConvNeXtV2('atto', drop_path_rate=0.3)
     rates = [block.drop_path.drop_prob for stage in model.stages for block in stage]

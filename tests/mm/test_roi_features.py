@@ -1,0 +1,29 @@
+"""Backbone -> FPN -> mmcv RoIAlign gives the RoI features of plain NCHW maps.
+
+mmcv's RoIAlign (C++ and CUDA) indexes its input as contiguous NCHW; a channels-last-strided feature map
+is read wrong without any error. The trunk runs channels-last inside, so this guards the hand-over.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+
+
+def test_roi_features_equal_those_of_contiguous_maps():
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    torch.manual_seed(0)
+    backbone = MODELS.build(dict(type='ConvNeXtV2', arch='atto'))
+    neck = MODELS.build(dict(type='FPN', in_channels=[40, 80, 160, 320], out_channels=16, num_outs=5))
+    extractor = MODELS.build(dict(type='SingleRoIExtractor', out_channels=16, featmap_strides=[4, 8, 16, 32],
+                                  roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)))
+    rois = torch.tensor([[0, 4., 6., 60., 50.], [1, 10., 20., 120., 110.], [0, 0., 0., 127., 127.]])
+    with torch.no_grad():
+        feats = neck(backbone(torch.randn(2, 3, 128, 128)))[:4]
+        got = extractor(feats, rois)
+        want = extractor(tuple(f.contiguous() for f in feats), rois)
+    assert all(f.is_contiguous() for f in feats)
+    torch.testing.assert_close(got, want)
