@@ -6,9 +6,9 @@
 #   tools/device_bench.sh                     # every step
 #   tools/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
+# Steps: env wheels mmcv gpu-tests bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
-# shared/wheels), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
+# shared/wheels; an mmcv-*.tar.gz sdist there is compiled with CUDA ops by the mmcv step), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
 # on PYTHONPATH, e.g. /tmp/site, instead of into the environment), PIP_FLAGS (e.g. --break-system-packages),
 # BACKBONE_ARGS / FULL_ARGS (extra arguments for tools/benchmark.py, e.g. "--iters 50"), LOG_DIR (stderr
 # of each step, default /tmp/device_bench_logs). $OUT gets one JSON per benchmark step (7) and summary.md
@@ -23,7 +23,7 @@ PIP_FLAGS=${PIP_FLAGS:-}
 WHEEL_TARGET=${WHEEL_TARGET:-}
 BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
-ALL_STEPS="env wheels bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny"
+ALL_STEPS="env wheels mmcv gpu-tests bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -78,6 +78,33 @@ step_wheels() {
     return $rc
 }
 
+# mmcv 2.1.0 has no wheel for new torch/CUDA: compile the sdist from $WHEELS (about 4 minutes on 16 cores).
+step_mmcv() {
+    if "$PYTHON" -c 'import mmcv._ext' 2>/dev/null; then
+        echo "mmcv with compiled ops is already importable"
+        return 0
+    fi
+    local sdist build
+    sdist=$(ls "$WHEELS"/mmcv-*.tar.gz 2>/dev/null | head -n 1)
+    [ -n "$sdist" ] || { echo "no mmcv sdist in $WHEELS"; return 1; }
+    build=$(mktemp -d)
+    tar -xzf "$sdist" -C "$build" || return 1
+    (cd "$build"/mmcv-* && MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
+        MAX_JOBS=${MAX_JOBS:-16} "$PYTHON" setup.py -q bdist_wheel) >"$LOG_DIR/mmcv-build.log" 2>&1 \
+        || { tail -n 30 "$LOG_DIR/mmcv-build.log"; return 1; }
+    local target=""
+    [ -n "$WHEEL_TARGET" ] && target="--upgrade --target $WHEEL_TARGET"
+    "$PYTHON" -m pip install -q --no-index --no-deps $target $PIP_FLAGS "$build"/mmcv-*/dist/mmcv-*.whl || return 1
+    (cd / && "$PYTHON" -c 'import mmcv, mmcv._ext; print("mmcv", mmcv.__version__, "with compiled ops")')
+}
+
+# The tests that mean something on a GPU (CUDA RoIAlign on our features, parity, backbone contracts).
+step_gpu_tests() {
+    "$PYTHON" -m pytest -q -p no:cacheprovider -x tests/mm/test_roi_features.py tests/models 2>&1 \
+        | tee -a "$LOG_DIR/gpu-tests.log" | tail -n 15
+    return "${PIPESTATUS[0]}"
+}
+
 # run_tool STEP ARGS...: tools/benchmark.py; its table goes to summary.md, its JSON to $OUT/STEP.json, its
 # progress and errors to $LOG_DIR/STEP.log (shown at the end of the step; its tail goes to summary.md on failure).
 run_tool() {
@@ -112,6 +139,8 @@ for step in $STEPS; do
     case "$step" in
         env) step_env ;;
         wheels) step_wheels ;;
+        mmcv) step_mmcv ;;
+        gpu-tests) step_gpu_tests ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;
         bb-base-512) bb "$step" base 512 16 ;;
         bb-base-224) bb "$step" base 224 128 ;;

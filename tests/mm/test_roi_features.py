@@ -11,7 +11,11 @@ import torch
 pytest.importorskip('mmdet')
 
 
-def test_roi_features_equal_those_of_contiguous_maps():
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no GPU'))]
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_roi_features_equal_those_of_contiguous_maps(device):
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
@@ -20,9 +24,10 @@ def test_roi_features_equal_those_of_contiguous_maps():
     neck = MODELS.build(dict(type='FPN', in_channels=[40, 80, 160, 320], out_channels=16, num_outs=5))
     extractor = MODELS.build(dict(type='SingleRoIExtractor', out_channels=16, featmap_strides=[4, 8, 16, 32],
                                   roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0)))
-    rois = torch.tensor([[0, 4., 6., 60., 50.], [1, 10., 20., 120., 110.], [0, 0., 0., 127., 127.]])
+    backbone, neck = backbone.to(device), neck.to(device)
+    rois = torch.tensor([[0, 4., 6., 60., 50.], [1, 10., 20., 120., 110.], [0, 0., 0., 127., 127.]], device=device)
     with torch.no_grad():
-        feats = neck(backbone(torch.randn(2, 3, 128, 128)))[:4]
+        feats = neck(backbone(torch.randn(2, 3, 128, 128, device=device)))[:4]
         got = extractor(feats, rois)
         want = extractor(tuple(f.contiguous() for f in feats), rois)
     assert all(f.is_contiguous() for f in feats)
