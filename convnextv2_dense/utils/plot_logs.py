@@ -115,9 +115,16 @@ def load_scalar_log(path: str | os.PathLike) -> ScalarLog:
 
 
 def _metric_family(key: str) -> str:
-    """Metrics drawn on one axis share a family: ``coco/bbox_mAP_50`` -> ``coco/bbox``."""
+    """Metrics drawn on one axis share a family: ``coco/bbox_mAP_50`` -> ``coco/bbox``; mmdet's classwise
+    ``coco/circle_precision``, ``coco/square_precision`` -> ``coco/per-class precision``."""
     head, _, tail = key.rpartition('/')
-    return f'{head}/{tail.split("_", 1)[0]}' if head else tail.split('_', 1)[0]
+    family = 'per-class precision' if tail.endswith('_precision') else tail.split('_', 1)[0]
+    return f'{head}/{family}' if head else family
+
+
+def _ever_measured(logs: Sequence[ScalarLog], key: str) -> bool:
+    """False for a metric that is -1 in every record: COCOeval's "no ground truth in this size range"."""
+    return any(record[key] != -1 for log in logs for record in log.val if key in record)
 
 
 def _select_keys(logs: Sequence[ScalarLog], keys: Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -125,7 +132,7 @@ def _select_keys(logs: Sequence[ScalarLog], keys: Sequence[str] | None) -> tuple
     train_keys = list(dict.fromkeys(k for log in logs for k in log.keys('train')))
     val_keys = list(dict.fromkeys(k for log in logs for k in log.keys('val')))
     if keys is None:
-        return [k for k in train_keys if is_loss_key(k)], val_keys
+        return [k for k in train_keys if is_loss_key(k)], [k for k in val_keys if _ever_measured(logs, k)]
     missing = [k for k in keys if k not in train_keys and k not in val_keys]
     if missing:
         raise ValueError(f'no such key in the logs: {missing}; training keys: {train_keys}, '

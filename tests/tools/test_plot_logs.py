@@ -95,6 +95,23 @@ def test_detection_log_by_epoch(tmp_path: Path) -> None:
         _assert_png(p)
 
 
+def test_metric_families_and_unmeasured_metrics(tmp_path: Path) -> None:
+    from convnextv2_dense.utils.plot_logs import _metric_family, _select_keys
+    assert _metric_family('coco/bbox_mAP_50') == 'coco/bbox'
+    assert _metric_family('coco/circle_precision') == _metric_family('coco/square_precision') \
+        == 'coco/per-class precision'
+    assert _metric_family('mIoU') == 'mIoU'
+    lines = _det_lines()
+    for line in lines:
+        if 'coco/bbox_mAP' in line:
+            line.update({'coco/bbox_mAP_l': -1.0, 'coco/bbox_mAP_s': -1.0 if line['step'] == 1 else 0.3})
+    log = load_scalar_log(_write_run(tmp_path / 'run', '20240101_000000', lines))
+    _, val_keys = _select_keys([log], None)
+    assert 'coco/bbox_mAP_l' not in val_keys  # -1 throughout: no large objects, nothing to draw
+    assert 'coco/bbox_mAP_s' in val_keys and 'coco/bbox_mAP' in val_keys
+    assert _select_keys([log], ['coco/bbox_mAP_l'])[1] == ['coco/bbox_mAP_l']  # asked for: drawn anyway
+
+
 def test_selected_keys(tmp_path: Path) -> None:
     path = _write_run(tmp_path / 'run', '20240101_000000', _seg_lines())
     assert [p.name for p in plot_logs([path], tmp_path / 'a', keys=['mIoU'])] == ['metrics.png']
