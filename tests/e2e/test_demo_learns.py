@@ -2,8 +2,9 @@
 
 Segmentation: after 250 iterations the validation mIoU must clearly beat any model that predicts only
 the background (at most 20: one class of five right; the untrained model scores about 17.6), and the
-training loss must fall well below its start. Detection: the training loss must fall well below its
-start within three short epochs.
+training loss must fall well below its start. Detection, from scratch, six short epochs (72 iterations):
+the loss must fall well below its start and box and mask AP50 must leave zero (about 0.32 and 0.45 here;
+exactly 0.0 when mmcv's RoIAlign was fed channels-last maps, a bug a falling loss did not reveal).
 """
 import glob
 import json
@@ -47,12 +48,15 @@ def test_segmentation_demo_beats_the_untrained_model(demo_data, tmp_path):
     assert mean_loss(records, first=False) < 0.6 * mean_loss(records, first=True)
 
 
-def test_detection_demo_loss_falls(demo_data, tmp_path):
+def test_detection_demo_learns_to_find_the_shapes(demo_data, tmp_path):
     _, coco = demo_data
+    epochs = 6
     run_tool('tools/train.py', 'configs/demo/mask-rcnn_convnextv2_atto_demo.py', '--work-dir', tmp_path,
-             *det_options(coco, **{'train_cfg.max_epochs': 3, 'train_cfg.val_interval': 3,
+             *det_options(coco, **{'train_cfg.max_epochs': epochs, 'train_cfg.val_interval': epochs,
                                    'train_dataloader.batch_size': 4, 'default_hooks.logger.interval': 2,
-                                   'default_hooks.checkpoint.interval': 3}))
+                                   'default_hooks.checkpoint.interval': epochs,
+                                   'param_scheduler.1.milestones': f'[{epochs}]'}))
     records = scalars(tmp_path)
     assert mean_loss(records, first=False) < 0.75 * mean_loss(records, first=True)
-    assert any('coco/segm_mAP' in r for r in records)
+    (val,) = [r for r in records if 'coco/segm_mAP' in r]
+    assert val['coco/bbox_mAP_50'] > 0.1 and val['coco/segm_mAP_50'] > 0.15, val
