@@ -103,7 +103,7 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         # Inside the trunk every LayerNorm leaves its output channels-last (fast for the convs that follow).
         # The outputs go back to the input's layout: raw-pointer CUDA/C++ ops downstream, such as mmcv's
         # RoIAlign, index their input as contiguous NCHW and silently read channels-last tensors wrong.
-        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        layout = memory_layout(x)
         outs = []
         for name, feature in self.iter_stages(x, last=self._last_stage):
             if name in self.out_norms:
@@ -146,6 +146,8 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         return f'arch={self.arch or "custom"}, out_features={self.out_features}, frozen_stages={self.frozen_stages}'
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """Whether ``x`` was laid out channels-last on purpose (a plain NCHW tensor can pass both tests)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+def memory_layout(x: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` if ``x`` was laid out so on purpose, else ``torch.contiguous_format`` (a plain
+    NCHW tensor with one pixel or one image can pass both contiguity tests)."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format

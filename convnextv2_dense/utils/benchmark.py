@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..models import ARCHS, ConvNeXtV2, resolve_arch, select_stages
+from ..models.backbone import memory_layout
 
 IMPLS: tuple[str, ...] = ('ours', 'ours-compile', 'hf', 'timm', 'timm-compile')
 MODES: tuple[str, ...] = ('train', 'infer')
@@ -140,7 +141,9 @@ class HFBackbone(nn.Module):
                                                       drop_path_rate=drop_path_rate, out_features=list(names)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.hf(pixel_values=x).feature_maps)
+        # HF's maps come out channels-last-strided whatever the input; mmcv's RoIAlign would misread them.
+        layout = memory_layout(x)
+        return tuple(f.contiguous(memory_format=layout) for f in self.hf(pixel_values=x).feature_maps)
 
 
 def build_backbone(impl: str, arch: str) -> nn.Module:

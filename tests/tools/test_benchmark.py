@@ -36,3 +36,13 @@ def test_backbone_table_on_cpu(tmp_path, capsys):
     report = json.loads(json_out.read_text())
     assert report['parity']['atto'] < 1e-4
     assert all(row['status'] == 'ok' and row['ms_per_iter'] > 0 for row in report['rows'])
+
+
+def test_hf_adapter_hands_over_maps_in_the_input_layout():
+    import torch
+
+    from convnextv2_dense.utils.benchmark import HFBackbone
+    model = HFBackbone('atto')
+    assert all(f.is_contiguous() for f in model(torch.randn(2, 3, 64, 64)))
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in model(x))
