@@ -6,7 +6,7 @@
 #   tools/device_bench.sh                     # every step
 #   tools/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels mmcv gpu-tests bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
+# Steps: env wheels mmcv gpu-tests dist-smoke bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
 # shared/wheels; an mmcv-*.tar.gz sdist there is compiled with CUDA ops by the mmcv step), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
 # on PYTHONPATH, e.g. /tmp/site, instead of into the environment), PIP_FLAGS (e.g. --break-system-packages),
@@ -23,7 +23,7 @@ PIP_FLAGS=${PIP_FLAGS:-}
 WHEEL_TARGET=${WHEEL_TARGET:-}
 BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
-ALL_STEPS="env wheels mmcv gpu-tests bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny"
+ALL_STEPS="env wheels mmcv gpu-tests dist-smoke bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -105,6 +105,36 @@ step_gpu_tests() {
     return "${PIPESTATUS[0]}"
 }
 
+# Both demo configs through tools/dist_train.sh and tools/dist_test.sh on every visible GPU (NCCL), a few
+# iterations each on a small synthetic set. Without a GPU: DIST_PROCS (default 2) gloo processes on the CPU.
+step_dist_smoke() {
+    local procs data work seg det
+    procs=${DIST_PROCS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count() or 2)')} || return 1
+    data=$(mktemp -d)
+    work=${DIST_WORK_DIR:-$(mktemp -d)}
+    "$PYTHON" tools/make_demo_data.py --out "$data" --num-train 32 --num-val 8 || return 1
+    local loaders="train_dataloader val_dataloader test_dataloader" loader
+    seg="" det=""
+    for loader in $loaders; do
+        seg="$seg $loader.dataset.data_root=$data/ade/ADEChallengeData2016 $loader.num_workers=2"
+        det="$det $loader.dataset.data_root=$data/coco/ $loader.num_workers=2"
+    done
+    det="$det val_evaluator.ann_file=$data/coco/annotations/instances_val2017.json"
+    det="$det test_evaluator.ann_file=$data/coco/annotations/instances_val2017.json"
+    echo "dist-smoke: $procs processes"
+    PYTHON=$PYTHON bash tools/dist_train.sh configs/demo/upernet_convnextv2_atto_demo.py "$procs" \
+        --work-dir "$work/seg" --cfg-options $seg train_cfg.max_iters=20 train_cfg.val_interval=20 \
+        default_hooks.checkpoint.interval=20 default_hooks.logger.interval=5 || return 1
+    PYTHON=$PYTHON bash tools/dist_test.sh configs/demo/upernet_convnextv2_atto_demo.py "$work/seg/iter_20.pth" \
+        "$procs" --work-dir "$work/seg-test" --cfg-options $seg || return 1
+    PYTHON=$PYTHON bash tools/dist_train.sh configs/demo/mask-rcnn_convnextv2_atto_demo.py "$procs" \
+        --work-dir "$work/det" --cfg-options $det train_cfg.max_epochs=1 train_cfg.val_interval=1 \
+        default_hooks.checkpoint.interval=1 default_hooks.logger.interval=2 || return 1
+    PYTHON=$PYTHON bash tools/dist_test.sh configs/demo/mask-rcnn_convnextv2_atto_demo.py "$work/det/epoch_1.pth" \
+        "$procs" --work-dir "$work/det-test" --cfg-options $det || return 1
+    echo "dist-smoke: train and test of both demos passed on $procs processes"
+}
+
 # run_tool STEP ARGS...: tools/benchmark.py; its table goes to summary.md, its JSON to $OUT/STEP.json, its
 # progress and errors to $LOG_DIR/STEP.log (shown at the end of the step; its tail goes to summary.md on failure).
 run_tool() {
@@ -141,6 +171,7 @@ for step in $STEPS; do
         wheels) step_wheels ;;
         mmcv) step_mmcv ;;
         gpu-tests) step_gpu_tests ;;
+        dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;
         bb-base-512) bb "$step" base 512 16 ;;
         bb-base-224) bb "$step" base 224 128 ;;
