@@ -1,17 +1,17 @@
 # `make demo`: UperNet + ConvNeXt V2-Atto trained from scratch on the synthetic ADE20K-layout set that
 # `tools/make_demo_data.py` writes (5 real ADE20K classes: a textured 'wall' background and four shapes).
-# It runs the real dataset class and pipeline on the CPU in minutes; nothing is downloaded.
+# It runs the real dataset class and pipeline on the CPU in minutes; nothing is downloaded. The heads keep
+# the base's SyncBN: BN on one process or on CPUs (tools/train.py), in step across GPUs under dist_train.sh.
 _base_ = '../_base_/upernet_convnextv2_ade20k.py'
 
 data_root = 'data/demo/ade/ADEChallengeData2016'
 classes = ('wall', 'building', 'sky', 'floor', 'tree')
 crop_size = (128, 128)
-norm_cfg = dict(type='BN', requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(arch='atto', drop_path_rate=0.0, compile=False, init_cfg=None),
-    decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=len(classes), norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=160, channels=32, num_classes=len(classes), norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=[40, 80, 160, 320], channels=64, num_classes=len(classes)),
+    auxiliary_head=dict(in_channels=160, channels=32, num_classes=len(classes)),
     test_cfg=dict(mode='whole'))
 
 train_pipeline = [
