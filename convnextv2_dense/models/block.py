@@ -22,6 +22,11 @@ class Block(nn.Module):
     def __init__(self, dim: int, drop_path: float = 0.0) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        # Blocks run channels-last (every LayerNorm before them leaves that layout), so the kernel's gradient
+        # comes back with channels-last strides. For a (C, 1, 7, 7) kernel that is the same memory as
+        # contiguous (only the size-1 dim's stride differs; the state dict stays contiguous), but DDP compares
+        # strides: matching them avoids a gradient copy and a "grad strides do not match" warning.
+        self.dwconv.to(memory_format=torch.channels_last)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()

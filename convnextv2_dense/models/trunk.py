@@ -67,13 +67,6 @@ class ConvNeXtV2Trunk(nn.Module):
             nn.Sequential(*(Block(spec.dims[i], rates[starts[i] + j]) for j in range(spec.depths[i])))
             for i in range(4))
         self.reset_parameters()
-        # Everything after the stem norm runs channels-last, and the depthwise kernels' gradients come back
-        # with channels-last strides. For a (C, 1, k, k) kernel that is the same memory as contiguous (only
-        # the size-1 dim's stride differs, so the state dict stays contiguous), but DDP compares strides:
-        # matching them avoids a gradient copy and a "grad strides do not match" warning every run.
-        for stage in self.stages:
-            for block in stage:
-                block.dwconv.to(memory_format=torch.channels_last)
 
     def reset_parameters(self) -> None:
         """Truncated-normal (std 0.02) conv and linear weights, zero biases, fresh norms, zero GRN."""
