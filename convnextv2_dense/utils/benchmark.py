@@ -26,11 +26,11 @@ from torch import nn
 
 from ..models import ARCHS, ConvNeXtV2, resolve_arch, select_stages
 from ..models.backbone import memory_layout
+from ..models.stage_selection import INDEXED_STAGES
 
 IMPLS: tuple[str, ...] = ('ours', 'ours-compile', 'hf', 'timm', 'timm-compile')
 MODES: tuple[str, ...] = ('train', 'infer')
 DTYPES: dict[str, torch.dtype] = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
-ALL_FOUR = ('stage1', 'stage2', 'stage3', 'stage4')
 NEEDS = {'hf': 'transformers', 'timm': 'timm'}  # impl -> package it needs
 KNOWN_BATCH = {('tiny', 512): 32, ('base', 512): 16, ('base', 224): 128}  # the REFERENCE.md baselines
 PARITY_INPUT = (1, 3, 64, 96)
@@ -136,7 +136,7 @@ class HFBackbone(nn.Module):
         spec = resolve_arch(arch if depths is None else None, depths, dims)
         names = select_stages(None, out_indices)
         self.depths = spec.depths
-        self.out_channels = tuple(dict(zip(ALL_FOUR, spec.dims))[name] for name in names)
+        self.out_channels = tuple(dict(zip(INDEXED_STAGES, spec.dims))[name] for name in names)
         self.hf = ConvNextV2Backbone(ConvNextV2Config(depths=list(spec.depths), hidden_sizes=list(spec.dims),
                                                       drop_path_rate=drop_path_rate, out_features=list(names)))
 
@@ -214,6 +214,13 @@ def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.d
                 peak_mem_bytes=peak, first_iter_s=first)
 
 
+def record(row: Row, result: dict[str, Any]) -> None:
+    """Put :func:`measure`'s result into ``row``, with the throughput it implies."""
+    for key, value in result.items():
+        setattr(row, key, value)
+    row.img_per_s = row.batch * 1e3 / row.ms_per_iter
+
+
 def status_of(err: BaseException) -> str:
     """'OOM', or 'error: Type: first line' with the traceback on stderr, for a row that failed."""
     if isinstance(err, torch.cuda.OutOfMemoryError) or 'out of memory' in str(err).lower():
@@ -278,7 +285,7 @@ def parity_error(arch: str, device: torch.device, channels_last: bool = True, se
         param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
     with tempfile.TemporaryDirectory() as folder, _quiet_transformers():
         hf.hf.save_pretrained(folder)
-        ours = ConvNeXtV2.from_pretrained(folder, out_features=list(ALL_FOUR)).eval()
+        ours = ConvNeXtV2.from_pretrained(folder, out_features=list(INDEXED_STAGES)).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(PARITY_INPUT, generator=gen).to(device, memory_format=fmt)
     hf, ours = hf.to(device, memory_format=fmt), ours.to(device, memory_format=fmt)
@@ -313,10 +320,7 @@ def _measure_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -
         model = torch.compile(model, mode=s.compile_mode, dynamic=False)
     x = torch.randn(row.batch, 3, row.input, row.input, device=device).contiguous(memory_format=fmt)
     step = _backbone_step(model, x, row.mode, DTYPES[s.dtype])
-    result = measure(step, s.compile_warmup if compiled else s.warmup, s.iters, device)
-    for key, value in result.items():
-        setattr(row, key, value)
-    row.img_per_s = row.batch * 1e3 / row.ms_per_iter
+    record(row, measure(step, s.compile_warmup if compiled else s.warmup, s.iters, device))
 
 
 def backbone_benchmark(s: BackboneSettings, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .benchmark import (HFBackbone, Row, environment, fmt_gib, fmt_num, format_header, free_memory, installed,
-                        measure, resolve_device, status_of)
+                        measure, record, resolve_device, status_of)
 
 HF_BACKBONE_TYPE = 'BenchmarkHFConvNextV2Backbone'  # registered only while a full benchmark runs
 HF_CONSTRUCTOR_TYPE = 'BenchmarkHFLayerDecayOptimizerConstructor'
@@ -149,10 +149,7 @@ def _measure_full_row(row: Row, cfg: Any, registry: Any, data: dict, s: FullSett
     optim_wrapper = build_optim_wrapper(model, optim_cfg)
     row.extra.update(params_m=sum(p.numel() for p in model.parameters()) / 1e6, amp=_amp_name(optim_cfg),
                      param_groups=len(optim_wrapper.param_groups))
-    result = measure(lambda: model.train_step(data, optim_wrapper), s.warmup, s.iters, device)
-    for key, value in result.items():
-        setattr(row, key, value)
-    row.img_per_s = row.batch * 1e3 / row.ms_per_iter
+    record(row, measure(lambda: model.train_step(data, optim_wrapper), s.warmup, s.iters, device))
     x = torch.randn(row.batch, 3, row.input, row.input, device=device)
 
     def backbone_step() -> None:  # the backbone alone, same input size and precision

@@ -46,3 +46,21 @@ def test_hf_adapter_hands_over_maps_in_the_input_layout():
     assert all(f.is_contiguous() for f in model(torch.randn(2, 3, 64, 64)))
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
     assert all(f.is_contiguous(memory_format=torch.channels_last) for f in model(x))
+
+
+@pytest.mark.parametrize('config, extra', [
+    ('configs/demo/upernet_convnextv2_atto_demo.py', ['--img-size', '64']),
+    ('configs/demo/mask-rcnn_convnextv2_atto_demo.py', ['--img-size', '128', '--img-per-gpu', '1', '--boxes', '3'])])
+def test_full_iteration_table_on_cpu(tmp_path, capsys, config, extra):
+    pytest.importorskip('mmengine')
+    json_out = tmp_path / 'full.json'
+    argv = ['full', '--config', config, '--backbone-impl', 'ours', 'hf', '--device', 'cpu', '--warmup', '1',
+            '--iters', '1', '--json-out', str(json_out), *extra]
+    assert load_tool().main(argv) == 0
+    assert 'model.train_step' in capsys.readouterr().out
+    rows = json.loads(json_out.read_text())['rows']
+    assert [row['impl'] for row in rows] == ['ours', 'hf']
+    assert all(row['status'] == 'ok' and row['ms_per_iter'] > 0 and row['extra']['backbone_ms'] > 0 for row in rows)
+    # Same heads and the same layer-decay groups for both backbones, so the rows compare.
+    assert rows[0]['extra']['param_groups'] == rows[1]['extra']['param_groups']
+    assert rows[0]['extra']['params_m'] == pytest.approx(rows[1]['extra']['params_m'])
