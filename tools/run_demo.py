@@ -26,6 +26,7 @@ import sys
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+DEMO_DATA = 'data/demo'  # where the demo configs read their data_root from
 TASKS = {
     'seg': dict(config='configs/demo/upernet_convnextv2_atto_demo.py', metric='mIoU',
                 report=('mIoU', 'mAcc', 'aAcc')),
@@ -50,6 +51,12 @@ def last_metrics(work_dir: str) -> dict:
         raise SystemExit(f'no test log found under {work_dir}')
     with open(logs[-1]) as f:
         return json.loads(f.read().strip().splitlines()[-1])
+
+
+def newest_best(train_dir: str) -> str | None:
+    """The newest ``best_*.pth`` that mmengine's CheckpointHook left in ``train_dir``, if any."""
+    best = sorted(glob.glob(osp.join(train_dir, 'best_*.pth')), key=osp.getmtime)
+    return best[-1] if best else None
 
 
 def config_digest(config: str) -> str:
@@ -96,7 +103,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('task', choices=sorted(TASKS))
     parser.add_argument('--work-dir', required=True)
-    parser.add_argument('--data', default='data/demo', help='where the synthetic data lives')
     parser.add_argument('--backbone-from', metavar='WORK_DIR',
                         help="start the backbone from the best checkpoint in another demo's train dir "
                         '(the detection demo uses the segmentation demo\'s, as detectors start from '
@@ -106,22 +112,21 @@ def main() -> None:
     config, work_dir = task['config'], osp.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
     options = {}
-    best_elsewhere = sorted(glob.glob(osp.join(args.backbone_from or '', 'best_*.pth')), key=osp.getmtime)
-    if args.backbone_from and best_elsewhere:
-        options = {'model.backbone.init_cfg.type': 'Pretrained',
-                   'model.backbone.init_cfg.checkpoint': best_elsewhere[-1]}
-        print(f'backbone starts from {best_elsewhere[-1]} (loaded by our strict loader)')
+    backbone = newest_best(args.backbone_from) if args.backbone_from else None
+    if backbone:
+        options = {'model.backbone.init_cfg.type': 'Pretrained', 'model.backbone.init_cfg.checkpoint': backbone}
+        print(f'backbone starts from {backbone} (loaded by our strict loader)')
     elif args.backbone_from:
         print(f'note: no best_*.pth in {args.backbone_from}; the backbone starts from scratch')
     cfg_options = ['--cfg-options', *(f'{k}={v}' for k, v in options.items())] if options else []
-    digest = config_digest(config) + ('-' + osp.basename(best_elsewhere[-1]) if options else '')
+    digest = config_digest(config) + ('-' + osp.basename(backbone) if backbone else '')
     summary_file = osp.join(work_dir, 'summary.json')
     if osp.isfile(summary_file) and json.load(open(summary_file)).get('config_digest') == digest:
         print(open(osp.join(work_dir, 'summary.md')).read())
         print(f'(already done: delete {work_dir} to run the {args.task} demo again)')
         return
 
-    run('tools/make_demo_data.py', '--out', args.data)
+    run('tools/make_demo_data.py', '--out', DEMO_DATA)
 
     untrained = osp.join(work_dir, 'untrained.pth')
     save_untrained(config, untrained, options)
@@ -135,8 +140,7 @@ def main() -> None:
         run('tools/train.py', config, '--work-dir', train_dir, *resume, *cfg_options)
         with open(done_marker, 'w') as f:
             json.dump({'config_digest': digest}, f)
-    best = sorted(glob.glob(osp.join(train_dir, 'best_*.pth')), key=osp.getmtime)
-    checkpoint = best[-1] if best else open(osp.join(train_dir, 'last_checkpoint')).read().strip()
+    checkpoint = newest_best(train_dir) or open(osp.join(train_dir, 'last_checkpoint')).read().strip()
 
     vis_dir, pred_dir = osp.join(work_dir, 'vis'), osp.join(work_dir, 'predictions')
     run('tools/test.py', config, checkpoint, '--work-dir', osp.join(work_dir, 'test'),
@@ -144,7 +148,7 @@ def main() -> None:
     after = last_metrics(osp.join(work_dir, 'test'))
     if args.task == 'det':
         results = [osp.join(pred_dir, f'results.{kind}.json') for kind in ('bbox', 'segm')]
-        run('tools/coco_eval.py', '--ann', osp.join(args.data, 'coco/annotations/instances_val2017.json'),
+        run('tools/coco_eval.py', '--ann', osp.join(DEMO_DATA, 'coco/annotations/instances_val2017.json'),
             '--results', *results, '--json-out', osp.join(work_dir, 'coco_eval.json'))
 
     run('tools/plot_logs.py', train_dir, '--out-dir', osp.join(work_dir, 'plots'))
