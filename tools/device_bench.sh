@@ -27,6 +27,12 @@ ALL_STEPS="env wheels mmcv gpu-tests dist-smoke bb-tiny-512 bb-base-512 bb-base-
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
+# pip's destination for the wheels and the mmcv build: the environment, or $WHEEL_TARGET put on PYTHONPATH.
+PIP_TARGET=""
+if [ -n "$WHEEL_TARGET" ]; then
+    PIP_TARGET="--upgrade --target $WHEEL_TARGET"
+    export PYTHONPATH="$WHEEL_TARGET${PYTHONPATH:+:$PYTHONPATH}"
+fi
 : >"$OUT/summary.md"
 FAILED=""
 
@@ -62,18 +68,14 @@ step_wheels() {
     ls -l "$WHEELS"
     # Never let a wheel replace the machine's torch (or its CUDA build).
     "$PYTHON" -c 'import torch; print("torch==" + torch.__version__)' >"$LOG_DIR/constraints.txt" || return 1
-    local pkg rc=0 target=""
-    if [ -n "$WHEEL_TARGET" ]; then
-        target="--upgrade --target $WHEEL_TARGET"
-        export PYTHONPATH="$WHEEL_TARGET${PYTHONPATH:+:$PYTHONPATH}"
-    fi
+    local pkg rc=0
     for pkg in $WHEEL_PACKAGES; do
-        if ! ls "$WHEELS" | grep -qi "^${pkg//-/_}-"; then
+        if ! ls "$WHEELS" | grep -qi "^${pkg//-/_}-.*\.whl$"; then  # an sdist (mmcv's) is the mmcv step's
             echo "skip $pkg: no wheel in $WHEELS"
             continue
         fi
         "$PYTHON" -m pip install --no-index --find-links "$WHEELS" -c "$LOG_DIR/constraints.txt" \
-            $target $PIP_FLAGS "$pkg" || { echo "could not install $pkg from $WHEELS"; rc=1; }
+            $PIP_TARGET $PIP_FLAGS "$pkg" || { echo "could not install $pkg from $WHEELS"; rc=1; }
     done
     return $rc
 }
@@ -92,9 +94,8 @@ step_mmcv() {
     (cd "$build"/mmcv-* && MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
         MAX_JOBS=${MAX_JOBS:-16} "$PYTHON" setup.py -q bdist_wheel) >"$LOG_DIR/mmcv-build.log" 2>&1 \
         || { tail -n 30 "$LOG_DIR/mmcv-build.log"; return 1; }
-    local target=""
-    [ -n "$WHEEL_TARGET" ] && target="--upgrade --target $WHEEL_TARGET"
-    "$PYTHON" -m pip install -q --no-index --no-deps $target $PIP_FLAGS "$build"/mmcv-*/dist/mmcv-*.whl || return 1
+    "$PYTHON" -m pip install -q --no-index --no-deps $PIP_TARGET $PIP_FLAGS "$build"/mmcv-*/dist/mmcv-*.whl \
+        || return 1
     (cd / && "$PYTHON" -c 'import mmcv, mmcv._ext; print("mmcv", mmcv.__version__, "with compiled ops")')
 }
 

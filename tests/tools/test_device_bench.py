@@ -38,3 +38,12 @@ def test_mmcv_step_without_mmcv_or_sdist_fails_clearly(tmp_path):
     done = run(tmp_path, 'mmcv', WHEELS=str(tmp_path / 'no-wheels'), PYTHON=str(bare))
     assert done.returncode != 0
     assert 'no mmcv sdist in' in done.stdout
+
+
+def test_wheels_step_leaves_an_sdist_to_the_mmcv_step(tmp_path):
+    wheels = tmp_path / 'wheels'
+    wheels.mkdir()
+    (wheels / 'mmcv-2.1.0.tar.gz').write_bytes(b'')  # pip would try (and fail) to build it without isolation
+    done = run(tmp_path, 'wheels', WHEELS=str(wheels), WHEEL_PACKAGES='mmcv')
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'skip mmcv: no wheel' in done.stdout
