@@ -3,12 +3,15 @@
 Usage::
 
     # backbone alone, ours vs HF transformers (and timm if installed), after an fp32 parity check
-    python tools/benchmark.py [backbone] [--impl ours ours-compile hf timm timm-compile] [--arch tiny base]
+    python tools/benchmark.py [backbone] [--impl ours ours-plain ours-fused ours-compile hf timm timm-compile]
+        [--arch tiny base]
         [--input 512 224] [--batch N] [--mode train infer] [--dtype bf16|fp16|fp32] [--no-channels-last]
         [--warmup 10] [--compile-warmup 20] [--iters 30] [--device cpu] [--json-out FILE]
 
-    # one full training iteration of an mm config, our backbone and HF's in the same process
-    python tools/benchmark.py full --config configs/upernet_convnextv2_base_ade20k.py --backbone-impl ours hf
+    # one full training iteration of an mm config, our backbone and HF's in the same process; --profile N
+    # adds where N steps spend their time (GPU busy vs wall, launches, top kernels, top host ops)
+    python tools/benchmark.py full --config configs/upernet_convnextv2_base_ade20k.py
+        --backbone-impl stock ours ours-plain ours-compile hf [--profile 3]
         [--img-per-gpu 2] [--img-size 512] [--boxes 20] [--warmup 5] [--iters 20] [--json-out FILE]
 
 Default batches are the measured baselines' (tiny@512: 32, base@512: 16, base@224: 128). On CPU the
@@ -25,8 +28,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, REPO_ROOT)
 
-from convnextv2_dense.utils.benchmark import (IMPLS, MODES, BackboneSettings, DTYPES,  # noqa: E402
-                                              backbone_benchmark, format_report, parity_failed, resolve_device)
+from convnextv2_dense.bench.backbone import (DTYPES, MODES, BackboneSettings, backbone_benchmark,  # noqa: E402
+                                             format_backbone_report, parity_failed)
+from convnextv2_dense.bench.impls import FULL_IMPLS, IMPLS  # noqa: E402
+from convnextv2_dense.bench.timing import resolve_device  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,13 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     backbone.add_argument('--no-parity', action='store_true', help='skip the parity check against HF')
     full = commands.add_parser('full', help='one training iteration of an mmseg/mmdet config')
     full.add_argument('--config', required=True, help='mmseg or mmdet config file')
-    full.add_argument('--backbone-impl', nargs='+', choices=('ours', 'ours-compile', 'hf'), default=['ours'],
-                      help="'hf' swaps in HF's ConvNextV2Backbone (same heads, same param groups)")
+    full.add_argument('--backbone-impl', nargs='+', choices=FULL_IMPLS, default=['ours'],
+                      help="'ours' eager (the config's fused_block), 'ours-plain' the plain block, 'ours-compile' "
+                           "compile=True, 'stock' the plain block with the stock mm components instead of our fast "
+                           "variants, 'hf' HF's ConvNextV2Backbone (same heads, same param groups)")
     full.add_argument('--img-per-gpu', type=int, help='images per step (default: 2 seg, 4 det)')
     full.add_argument('--img-size', type=int, help="square image size (default: the seg crop, 1024 det)")
     full.add_argument('--boxes', type=int, default=20, help='random boxes and masks per detection image')
     full.add_argument('--warmup', type=int, default=5)
     full.add_argument('--iters', type=int, default=20)
+    full.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                      help='also profile STEPS steps per backbone with torch.profiler (default: 0, no profile)')
     for sub in (backbone, full):
         sub.add_argument('--device', help="'cuda', 'cuda:1' or 'cpu' (default: cuda if available)")
         sub.add_argument('--json-out', help='also write the report as JSON to this file')
@@ -77,12 +86,13 @@ def run_backbone(args: argparse.Namespace) -> dict:
 
 
 def run_full(args: argparse.Namespace) -> dict:
-    from convnextv2_dense.utils.benchmark_full import FullSettings, full_benchmark
+    from convnextv2_dense.bench.full import FullSettings, full_benchmark
     if not os.path.isfile(args.config):
         raise SystemExit(f'error: config file not found: {args.config}')
     settings = FullSettings(
         config=args.config, backbone_impls=tuple(args.backbone_impl), img_per_gpu=args.img_per_gpu,
-        img_size=args.img_size, boxes=args.boxes, warmup=args.warmup, iters=args.iters, device=args.device)
+        img_size=args.img_size, boxes=args.boxes, warmup=args.warmup, iters=args.iters, profile=args.profile,
+        device=args.device)
     return full_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
@@ -93,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    print(format_report(report), flush=True)
+    if report['kind'] == 'full':
+        from convnextv2_dense.bench.full import format_full_report
+        print(format_full_report(report), flush=True)
+    else:
+        print(format_backbone_report(report), flush=True)
     if args.json_out:
         os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
         with open(args.json_out, 'w') as f:

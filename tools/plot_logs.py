@@ -17,7 +17,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, REPO_ROOT)
 
-from convnextv2_dense.utils.plot_logs import plot_logs  # noqa: E402
+from convnextv2_dense.bench.plot_logs import plot_logs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .block import Block
 from .layers import LayerNorm2d
 from .stage_selection import STAGE_NAMES, mm_index, select_stages
 from .trunk import ConvNeXtV2Trunk
@@ -37,6 +38,11 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         frozen_stages (int): -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 1..k, with their
             output norms; frozen parts stay in eval mode after ``train()``. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
+        fused_block (bool, optional): The block's fast path (:mod:`convnextv2_dense.models.fused`: GRN folded
+            into the second Linear, Triton kernels for GELU and the GRN statistics; same parameters and
+            results). None: in training on CUDA where Triton is installed; True: in inference too; False:
+            never (the plain PyTorch block). The CPU, ``torch.compile``, tracing and export always run the
+            plain block. Defaults to None.
         compile (bool | dict): Run the forward pass through ``torch.compile`` (a dict is passed to it as
             keyword arguments). It fuses LayerNorm, GELU and GRN into far fewer kernels: about twice the
             backbone's training throughput on a GPU. The first step compiles (about a minute); each new
@@ -57,6 +63,7 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
                  drop_path_rate: float = 0.0,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 fused_block: bool | None = None,
                  compile: bool | dict = False,
                  init_cfg: dict | None = None) -> None:
         if arch is None and depths is None and dims is None:
@@ -77,6 +84,12 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         self.out_channels = tuple(channels[name] for name in selected)
         self.strides = tuple(STAGE_STRIDES[name] for name in selected)
         self.frozen_stages = frozen_stages
+        if not (fused_block is None or isinstance(fused_block, bool)):
+            raise ValueError(f'fused_block must be None, True or False, got {fused_block!r}')
+        self.fused_block = fused_block
+        for module in self.modules():
+            if isinstance(module, Block):
+                module.fused_block = fused_block
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f'compile must be a bool or a dict of torch.compile arguments, got {compile!r}')
         self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fused import fused_forward, use_fused
 from .layers import GRN, DropPath
 
 
@@ -33,8 +34,11 @@ class Block(nn.Module):
         self.grn = GRN(4 * dim)
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.drop_path = DropPath(drop_path)
+        self.fused_block: bool | None = None  # see convnextv2_dense.models.fused (set by the backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_fused(self.fused_block, self.training, x):
+            return x + self.drop_path(fused_forward(self, x))
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y)))))
         return x + self.drop_path(y.permute(0, 3, 1, 2))

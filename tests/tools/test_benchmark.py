@@ -41,7 +41,7 @@ def test_backbone_table_on_cpu(tmp_path, capsys):
 def test_hf_adapter_hands_over_maps_in_the_input_layout():
     import torch
 
-    from convnextv2_dense.utils.benchmark import HFBackbone
+    from convnextv2_dense.bench.impls import HFBackbone
     model = HFBackbone('atto')
     assert all(f.is_contiguous() for f in model(torch.randn(2, 3, 64, 64)))
     x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""Tests for tools/plot_logs.py and convnextv2_dense.utils.plot_logs on fake mmengine scalar logs."""
+"""Tests for tools/plot_logs.py and convnextv2_dense.bench.plot_logs on fake mmengine scalar logs."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # the package need not be installed
     sys.path.insert(0, str(REPO_ROOT))
 
-from convnextv2_dense.utils.plot_logs import find_scalar_log, load_scalar_log, plot_logs  # noqa: E402
+from convnextv2_dense.bench.plot_logs import find_scalar_log, load_scalar_log, plot_logs  # noqa: E402
 
 pytest.importorskip('matplotlib')
 TOOL = REPO_ROOT / 'tools' / 'plot_logs.py'
@@ -96,7 +96,7 @@ def test_detection_log_by_epoch(tmp_path: Path) -> None:
 
 
 def test_metric_families_and_unmeasured_metrics(tmp_path: Path) -> None:
-    from convnextv2_dense.utils.plot_logs import _metric_family, _select_keys
+    from convnextv2_dense.bench.plot_logs import _metric_family, _select_keys
     assert _metric_family('coco/bbox_mAP_50') == 'coco/bbox'
     assert _metric_family('coco/circle_precision') == _metric_family('coco/square_precision') \
         == 'coco/per-class precision'

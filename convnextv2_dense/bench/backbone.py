@@ -1,37 +1,29 @@
 """Speed and memory of the ConvNeXt V2 backbone against HF transformers and timm, after a parity check.
 
 Imports only torch; transformers and timm are imported when a row needs them. :func:`backbone_benchmark`
-returns a JSON-ready report and :func:`format_report` turns it into markdown; the timing helpers here
-also serve :mod:`.benchmark_full` (one full mmseg/mmdet training iteration). ``tools/benchmark.py`` is
-the command line.
+returns a JSON-ready report and :func:`format_backbone_report` turns it into markdown.
+``tools/benchmark.py`` is the command line.
 """
 from __future__ import annotations
 
-import gc
-import importlib.metadata
-import importlib.util
 import math
-import platform
-import statistics
 import tempfile
-import time
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..models import ARCHS, ConvNeXtV2, resolve_arch, select_stages
-from ..models.backbone import memory_layout
+from ..models import ARCHS, ConvNeXtV2, resolve_arch
 from ..models.stage_selection import INDEXED_STAGES
+from .impls import IMPLS, HFBackbone, build_backbone, installed
+from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
+                     status_of)
 
-IMPLS: tuple[str, ...] = ('ours', 'ours-compile', 'hf', 'timm', 'timm-compile')
 MODES: tuple[str, ...] = ('train', 'infer')
 DTYPES: dict[str, torch.dtype] = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
-NEEDS = {'hf': 'transformers', 'timm': 'timm'}  # impl -> package it needs
 KNOWN_BATCH = {('tiny', 512): 32, ('base', 512): 16, ('base', 224): 128}  # the REFERENCE.md baselines
 PARITY_INPUT = (1, 3, 64, 96)
 PARITY_TOL = 1e-4  # fp32 relative error above which a speed number means nothing
@@ -94,157 +86,6 @@ class BackboneSettings:
                              f'{self.inputs}, {self.iters}, {self.warmup}, {self.compile_warmup}')
         if self.batch is not None and self.batch < 1:
             raise ValueError(f'batch must be positive, got {self.batch}')
-
-
-@dataclass
-class Row:
-    """One measured configuration; ``status`` is 'ok', 'OOM', 'not installed' or 'error: ...'."""
-
-    impl: str
-    arch: str
-    input: int
-    batch: int
-    mode: str
-    status: str = 'ok'
-    img_per_s: float | None = None
-    ms_per_iter: float | None = None
-    ms_median: float | None = None
-    peak_mem_bytes: int | None = None
-    first_iter_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class HFBackbone(nn.Module):
-    """HF transformers' ``ConvNextV2Backbone`` (random init) returning a tuple of NCHW maps, as ours does.
-
-    Args:
-        arch (str, optional): Arch name. Defaults to 'tiny'.
-        depths (tuple[int, ...], optional): Custom depths, with ``dims``. Defaults to None.
-        dims (tuple[int, ...], optional): Custom widths. Defaults to None.
-        out_indices (Sequence[int]): OpenMMLab stage indices (0 = stage1). Defaults to (0, 1, 2, 3).
-        drop_path_rate (float): Stochastic depth. Defaults to 0.
-        init_cfg (dict, optional): Must be None (random weights only). Defaults to None.
-    """
-
-    def __init__(self, arch: str | None = 'tiny', *, depths: tuple[int, ...] | None = None,
-                 dims: tuple[int, ...] | None = None, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 drop_path_rate: float = 0.0, init_cfg: dict | None = None) -> None:
-        from transformers import ConvNextV2Backbone, ConvNextV2Config
-        super().__init__()
-        if init_cfg is not None:
-            raise ValueError(f'HFBackbone is for benchmarks with random weights; init_cfg must be None, got {init_cfg}')
-        spec = resolve_arch(arch if depths is None else None, depths, dims)
-        names = select_stages(None, out_indices)
-        self.depths = spec.depths
-        self.out_channels = tuple(dict(zip(INDEXED_STAGES, spec.dims))[name] for name in names)
-        self.hf = ConvNextV2Backbone(ConvNextV2Config(depths=list(spec.depths), hidden_sizes=list(spec.dims),
-                                                      drop_path_rate=drop_path_rate, out_features=list(names)))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        # HF's maps come out channels-last-strided whatever the input; mmcv's RoIAlign would misread them.
-        layout = memory_layout(x)
-        return tuple(f.contiguous(memory_format=layout) for f in self.hf(pixel_values=x).feature_maps)
-
-
-def build_backbone(impl: str, arch: str) -> nn.Module:
-    """An uncompiled backbone with random weights returning all four stage outputs."""
-    base = impl.removesuffix('-compile')
-    if base == 'ours':
-        return ConvNeXtV2(arch, out_indices=(0, 1, 2, 3))
-    if base == 'hf':
-        return HFBackbone(arch)
-    if base == 'timm':
-        import timm
-        return timm.create_model(f'convnextv2_{arch}', pretrained=False, features_only=True)
-    raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
-
-
-def installed(impl: str) -> bool:
-    package = NEEDS.get(impl.removesuffix('-compile'))
-    return package is None or importlib.util.find_spec(package) is not None
-
-
-# ---------------------------------------------------------------------------------------------- timing
-def resolve_device(device: str | None) -> torch.device:
-    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
-
-
-def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.device) -> dict[str, Any]:
-    """Run ``step`` ``warmup`` times (the first one timed alone), then ``iters`` timed times.
-
-    On CUDA the timed loop is bracketed by CUDA events and the peak memory is
-    ``max_memory_allocated`` since the start; on CPU the clock is the wall clock and there is no peak.
-    """
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        step()
-    synchronize(device)
-    if device.type == 'cuda':
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
-        events[0].record()
-        for event in events[1:]:
-            step()
-            event.record()
-        events[-1].synchronize()
-        times = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
-    else:
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start) * 1e3)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
-    return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
-                peak_mem_bytes=peak, first_iter_s=first)
-
-
-def record(row: Row, result: dict[str, Any]) -> None:
-    """Put :func:`measure`'s result into ``row``, with the throughput it implies."""
-    for key, value in result.items():
-        setattr(row, key, value)
-    row.img_per_s = row.batch * 1e3 / row.ms_per_iter
-
-
-def status_of(err: BaseException) -> str:
-    """'OOM', or 'error: Type: first line' with the traceback on stderr, for a row that failed."""
-    if isinstance(err, torch.cuda.OutOfMemoryError) or 'out of memory' in str(err).lower():
-        return 'OOM'
-    traceback.print_exc()
-    message = str(err).strip().splitlines()[0] if str(err).strip() else ''
-    return f'error: {type(err).__name__}: {message[:100]}'
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Device name and the versions that matter for the numbers."""
-    if device.type == 'cuda':
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
-    env = dict(device=name, device_type=device.type, torch=torch.__version__, cuda=torch.version.cuda,
-               cudnn=torch.backends.cudnn.version() if device.type == 'cuda' else None,
-               python=platform.python_version())
-    for package in ('transformers', 'timm', 'triton', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation'):
-        try:
-            env[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            env[package] = None
-    return env
 
 
 # ---------------------------------------------------------------------------------------- backbone mode
@@ -361,27 +202,8 @@ def backbone_benchmark(s: BackboneSettings, log: Callable[[str], None] = print) 
 
 
 # ------------------------------------------------------------------------------------------------ table
-def fmt_num(value: float | None, spec: str) -> str:
-    return '-' if value is None else format(value, spec)
-
-
-def fmt_gib(value: int | None) -> str:
-    return '-' if value is None else f'{value / 2 ** 30:.2f}'
-
-
-def format_header(env: dict[str, Any]) -> list[str]:
-    """The device and the versions that matter, as two markdown lines."""
-    versions = ', '.join(f'{k} {env[k]}' for k in ('torch', 'cuda', 'cudnn', 'python', 'transformers', 'timm',
-                                                    'triton', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation')
-                         if env.get(k) is not None)
-    return [f'device: {env["device"]}', f'versions: {versions}']
-
-
-def format_report(report: dict[str, Any]) -> str:
+def format_backbone_report(report: dict[str, Any]) -> str:
     """Markdown: the header (device, versions, settings, parity), then one table row per row of ``report``."""
-    if report['kind'] == 'full':
-        from .benchmark_full import format_full_report
-        return format_full_report(report)
     s = report['settings']
     parity = '; '.join(f'{arch} {err:.2e}{" FAILED" if err > PARITY_TOL else ""}' if isinstance(err, float)
                        else f'{arch} {err}' for arch, err in report['parity'].items())

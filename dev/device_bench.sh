@@ -3,8 +3,8 @@
 # tables (ours, ours + torch.compile, HF, timm if installed) and full mmseg/mmdet training iterations
 # (our backbone and HF's in the same process). Every step runs even if an earlier one failed.
 #
-#   tools/device_bench.sh                     # every step
-#   tools/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
+#   dev/device_bench.sh                     # every step
+#   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
 # Steps: env wheels mmcv gpu-tests dist-smoke bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default

@@ -18,14 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .benchmark import (HFBackbone, Row, environment, fmt_gib, fmt_num, format_header, free_memory, installed,
-                        measure, record, resolve_device, status_of)
+from .impls import FULL_IMPLS, HFBackbone, installed
+from .profiling import format_profile, profile_step
+from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
+                     status_of)
 
 HF_BACKBONE_TYPE = 'BenchmarkHFConvNextV2Backbone'  # registered only while a full benchmark runs
 HF_CONSTRUCTOR_TYPE = 'BenchmarkHFLayerDecayOptimizerConstructor'
 
 
-FULL_IMPLS = ('ours', 'ours-compile', 'hf')
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,16 @@ class FullSettings:
 
     Args:
         config (str): An mmseg or mmdet config file.
-        backbone_impls (tuple[str, ...]): 'ours' and/or 'hf' (HF's backbone in the same heads).
-            Defaults to ('ours',).
+        backbone_impls (tuple[str, ...]): Among :data:`~.impls.FULL_IMPLS`: 'stock' (eager, the plain
+            block, the stock mm components instead of our fast variants), 'ours' (eager, the config's
+            ``fused_block``), 'ours-plain' (eager, the plain PyTorch block), 'ours-compile' (``compile=True``),
+            'hf' (HF's backbone in the same heads). Defaults to ('ours',).
         img_per_gpu (int, optional): Images per step. Defaults to None: 2 (seg) or 4 (det).
         img_size (int, optional): Square image size. Defaults to None: the seg config's crop or 1024.
         boxes (int): Random boxes and masks per detection image. Defaults to 20.
         warmup (int): Untimed steps (at least one). Defaults to 5.
         iters (int): Timed steps. Defaults to 20.
+        profile (int): Also profile this many steps per backbone (0: no profile). Defaults to 0.
         device (str, optional): Defaults to None: 'cuda' if available, else 'cpu'.
     """
 
@@ -51,13 +55,15 @@ class FullSettings:
     boxes: int = 20
     warmup: int = 5
     iters: int = 20
+    profile: int = 0
     device: str | None = None
 
     def __post_init__(self) -> None:
         if not self.backbone_impls or set(self.backbone_impls) - set(FULL_IMPLS):
             raise ValueError(f'backbone_impls must be among {FULL_IMPLS}, got {self.backbone_impls!r}')
-        if min(self.iters, self.warmup) < 1:
-            raise ValueError(f'iters and warmup must be >= 1, got {self.iters}, {self.warmup}')
+        if min(self.iters, self.warmup) < 1 or self.profile < 0:
+            raise ValueError(f'iters and warmup must be >= 1 and profile >= 0, got {self.iters}, {self.warmup}, '
+                             f'{self.profile}')
 
 
 # HF parameter names (under the wrapper's `hf.`) -> ours, for the layer-decay groups; the rest is the head.
@@ -86,6 +92,20 @@ def _hf_layer_decay_constructor() -> type:
                                    named_parameters=lambda: ((ours(n), p) for n, p in module.named_parameters()))
             super().add_params(params, view, **kwargs)
     return HFLayerDecayConstructor
+
+
+def stock_components(cfg: Any) -> Any:
+    """A copy of a config dict with our fast mm variants replaced by the stock components they derive from,
+    and no ``fused`` optimizer flag."""
+    from ..mm.fast_heads import STOCK_TYPES
+    if isinstance(cfg, dict):
+        out = type(cfg)({k: stock_components(v) for k, v in cfg.items() if k != 'fused'})
+        if out.get('type') in STOCK_TYPES:
+            out['type'] = STOCK_TYPES[out['type']]
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(stock_components(v) for v in cfg)
+    return cfg
 
 
 def _seg_data(n: int, size: int, num_classes: int) -> dict:
@@ -134,8 +154,12 @@ def _measure_full_row(row: Row, cfg: Any, registry: Any, data: dict, s: FullSett
     from mmengine.optim import build_optim_wrapper
     model_cfg, optim_cfg = copy.deepcopy(cfg.model), copy.deepcopy(cfg.optim_wrapper)
     model_cfg.backbone.init_cfg = None
-    if row.impl == 'ours-compile':
-        model_cfg.backbone.compile = True
+    if row.impl != 'hf':  # each row says whether it compiles, whatever the config's default
+        model_cfg.backbone.compile = row.impl == 'ours-compile'
+        if row.impl in ('ours-plain', 'stock'):
+            model_cfg.backbone.fused_block = False
+    if row.impl == 'stock':
+        model_cfg, optim_cfg = stock_components(model_cfg), stock_components(optim_cfg)
     if row.impl == 'hf':
         keep = {k: v for k, v in model_cfg.backbone.items() if k in ('arch', 'depths', 'dims', 'out_indices',
                                                                       'drop_path_rate')}
@@ -150,6 +174,8 @@ def _measure_full_row(row: Row, cfg: Any, registry: Any, data: dict, s: FullSett
     row.extra.update(params_m=sum(p.numel() for p in model.parameters()) / 1e6, amp=_amp_name(optim_cfg),
                      param_groups=len(optim_wrapper.param_groups))
     record(row, measure(lambda: model.train_step(data, optim_wrapper), s.warmup, s.iters, device))
+    if s.profile:
+        row.extra['profile'] = profile_step(lambda: model.train_step(data, optim_wrapper), s.profile, device)
     x = torch.randn(row.batch, 3, row.input, row.input, device=device)
 
     def backbone_step() -> None:  # the backbone alone, same input size and precision
@@ -188,7 +214,9 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
         cfg.model.data_preprocessor.size = (size, size)
         data = _seg_data(n, size, cfg.model.decode_head.num_classes)
     else:
-        data = _det_data(n, size, cfg.model.roi_head.bbox_head.num_classes, s.boxes)
+        bbox_head = cfg.model.roi_head.bbox_head  # a list of heads, one per stage, in Cascade R-CNN
+        num_classes = (bbox_head[0] if isinstance(bbox_head, (list, tuple)) else bbox_head).num_classes
+        data = _det_data(n, size, num_classes, s.boxes)
     # mmdet keeps cudnn.benchmark off: the RoI heads see new shapes every step and would re-tune each time.
     cudnn_benchmark = task == 'seg' and bool(cfg.get('env_cfg', {}).get('cudnn_benchmark', False))
     torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -230,4 +258,7 @@ def format_full_report(report: dict[str, Any]) -> str:
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_gib(r["peak_mem_bytes"])} | '
                      f'{fmt_num(x.get("params_m"), ".1f")} | {x.get("param_groups", "-")} | '
                      f'{fmt_num(x.get("backbone_ms"), ".1f")} | {r["status"]} |')
+    for r in report['rows']:
+        if 'profile' in r['extra']:
+            lines += ['', *format_profile(f'{r["impl"]} {s["config"]}', r['extra']['profile'])]
     return '\n'.join(lines)

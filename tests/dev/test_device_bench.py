@@ -1,4 +1,4 @@
-"""tools/device_bench.sh, the GPU script, on the CPU: step dispatch, failure reporting, the mmcv step."""
+"""dev/device_bench.sh, the GPU script, on the CPU: step dispatch, failure reporting, the mmcv step."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / 'tools' / 'device_bench.sh'
+SCRIPT = REPO / 'dev' / 'device_bench.sh'
 
 
 def run(tmp_path: Path, *steps: str, **env: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,117 @@
+"""Where a training step's time goes: GPU busy time against wall time, launches, top kernels, top host ops.
+
+:func:`profile_step` runs a step under ``torch.profiler`` and :func:`format_profile` prints what it found
+as markdown. GPU busy time is the union of the device intervals (kernels, copies, memsets) per step, so a
+step whose busy time is far under its wall time waits on the host (Python, launches, synchronisations).
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .timing import synchronize
+
+# Host calls that put work on the GPU: one per kernel launch or asynchronous copy/memset.
+LAUNCH_CALLS = ('cudaLaunchKernel', 'cudaLaunchKernelExC', 'cuLaunchKernel', 'cuLaunchKernelEx',
+                'cudaMemcpyAsync', 'cudaMemsetAsync', 'cudaLaunchCooperativeKernel')
+TOP = 12
+
+
+def _is_device(event: Any) -> bool:
+    return getattr(event.device_type, 'name', str(event.device_type)).upper() in ('CUDA', 'PRIVATEUSE1')
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end) intervals."""
+    total, end = 0.0, float('-inf')
+    for start, stop in sorted(intervals):
+        if start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total
+
+
+def profile_step(step: Callable[[], object], iters: int, device: torch.device, warmup: int = 2) -> dict[str, Any]:
+    """Profile ``iters`` calls of ``step`` (after ``warmup`` untraced ones); per-step numbers.
+
+    Args:
+        step (Callable): One training step.
+        iters (int): Profiled steps (at least 1).
+        device (torch.device): Where the step runs; on CPU there is no GPU column.
+        warmup (int): Steps before the profiler starts. Defaults to 2.
+
+    Returns:
+        dict: ``wall_ms`` (host clock per step under the profiler, which adds overhead), ``gpu_busy_ms``,
+        ``device_events`` and ``launches`` per step (None on CPU), ``top_kernels`` and ``top_host_ops``
+        (lists of ``[name, ms per step, calls per step]``, largest first).
+    """
+    if iters < 1:
+        raise ValueError(f'iters must be >= 1, got {iters}')
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(iters):
+            step()
+        synchronize(device)
+        wall_ms = (time.perf_counter() - start) * 1e3 / iters
+    return summarize(prof.events(), iters, wall_ms, device.type == 'cuda')
+
+
+def summarize(events: list, iters: int, wall_ms: float, cuda: bool) -> dict[str, Any]:
+    """Per-step totals of a profiler's event list (see :func:`profile_step`)."""
+    intervals, kernels, host = [], defaultdict(lambda: [0.0, 0]), defaultdict(lambda: [0.0, 0])
+    launches = 0
+    for event in events:
+        if _is_device(event):
+            intervals.append((event.time_range.start, event.time_range.end))
+            entry = kernels[event.name]
+            entry[0] += event.time_range.elapsed_us()
+            entry[1] += 1
+        else:
+            entry = host[event.name]
+            entry[0] += event.self_cpu_time_total
+            entry[1] += 1
+            launches += event.name in LAUNCH_CALLS
+
+    def top(table: dict) -> list[list]:
+        rows = sorted(table.items(), key=lambda item: -item[1][0])[:TOP]
+        return [[name, us / 1e3 / iters, calls / iters] for name, (us, calls) in rows]
+    return dict(iters=iters, wall_ms=wall_ms,
+                gpu_busy_ms=_union_us(intervals) / 1e3 / iters if cuda else None,
+                device_events=len(intervals) / iters if cuda else None,
+                launches=launches / iters if cuda else None,
+                top_kernels=top(kernels), top_host_ops=top(host))
+
+
+def _short(name: str, width: int = 90) -> str:
+    name = name.replace('|', '/').replace('\n', ' ')
+    return name if len(name) <= width else name[:width - 3] + '...'
+
+
+def format_profile(title: str, prof: dict[str, Any]) -> list[str]:
+    """Markdown lines: a summary sentence, then the top kernels and the top host ops."""
+    def num(value: float | None, spec: str = '.1f') -> str:
+        return '-' if value is None else format(value, spec)
+    busy = prof['gpu_busy_ms']
+    share = f' ({100 * busy / prof["wall_ms"]:.0f}% of the wall)' if busy is not None else ''
+    lines = [f'profile of {title}: {prof["iters"]} steps under torch.profiler, per step: wall {num(prof["wall_ms"])} '
+             f'ms, GPU busy {num(busy)} ms{share}, {num(prof["device_events"], ".0f")} device events, '
+             f'{num(prof["launches"], ".0f")} launches from the host', '']
+    for heading, key in (('GPU kernel', 'top_kernels'), ('host op (self time)', 'top_host_ops')):
+        if not prof[key]:
+            continue
+        lines += [f'| {heading} | ms/step | calls/step |', '|---|---|---|']
+        lines += [f'| `{_short(name)}` | {ms:.2f} | {calls:.0f} |' for name, ms, calls in prof[key]]
+        lines.append('')
+    return lines

@@ -1,0 +1,134 @@
+"""Timing, memory and table helpers shared by the benchmarks (:mod:`.backbone`, :mod:`.full`).
+
+Imports only torch and the standard library; no other module of :mod:`convnextv2_dense.bench`.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import platform
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Row:
+    """One measured configuration; ``status`` is 'ok', 'OOM', 'not installed' or 'error: ...'."""
+
+    impl: str
+    arch: str
+    input: int
+    batch: int
+    mode: str
+    status: str = 'ok'
+    img_per_s: float | None = None
+    ms_per_iter: float | None = None
+    ms_median: float | None = None
+    peak_mem_bytes: int | None = None
+    first_iter_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``device``, or 'cuda' if available, else 'cpu'."""
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+
+
+def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.device) -> dict[str, Any]:
+    """Run ``step`` ``warmup`` times (the first one timed alone), then ``iters`` timed times.
+
+    On CUDA the timed loop is bracketed by CUDA events and the peak memory is
+    ``max_memory_allocated`` since the start; on CPU the clock is the wall clock and there is no peak.
+    """
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        step()
+    synchronize(device)
+    if device.type == 'cuda':
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        events[0].record()
+        for event in events[1:]:
+            step()
+            event.record()
+        events[-1].synchronize()
+        times = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+    else:
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
+    return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
+                peak_mem_bytes=peak, first_iter_s=first)
+
+
+def record(row: Row, result: dict[str, Any]) -> None:
+    """Put :func:`measure`'s result into ``row``, with the throughput it implies."""
+    for key, value in result.items():
+        setattr(row, key, value)
+    row.img_per_s = row.batch * 1e3 / row.ms_per_iter
+
+
+def status_of(err: BaseException) -> str:
+    """'OOM', or 'error: Type: first line' with the traceback on stderr, for a row that failed."""
+    if isinstance(err, torch.cuda.OutOfMemoryError) or 'out of memory' in str(err).lower():
+        return 'OOM'
+    traceback.print_exc()
+    message = str(err).strip().splitlines()[0] if str(err).strip() else ''
+    return f'error: {type(err).__name__}: {message[:100]}'
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device name and the versions that matter for the numbers."""
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f'CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)'
+    env = dict(device=name, device_type=device.type, torch=torch.__version__, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version() if device.type == 'cuda' else None,
+               python=platform.python_version())
+    for package in ('transformers', 'timm', 'triton', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation'):
+        try:
+            env[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            env[package] = None
+    return env
+
+
+def fmt_num(value: float | None, spec: str) -> str:
+    return '-' if value is None else format(value, spec)
+
+
+def fmt_gib(value: int | None) -> str:
+    return '-' if value is None else f'{value / 2 ** 30:.2f}'
+
+
+def format_header(env: dict[str, Any]) -> list[str]:
+    """The device and the versions that matter, as two markdown lines."""
+    versions = ', '.join(f'{k} {env[k]}' for k in ('torch', 'cuda', 'cudnn', 'python', 'transformers', 'timm',
+                                                    'triton', 'mmengine', 'mmcv', 'mmdet', 'mmsegmentation')
+                         if env.get(k) is not None)
+    return [f'device: {env["device"]}', f'versions: {versions}']

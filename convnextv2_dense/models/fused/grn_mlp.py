@@ -1,0 +1,104 @@
+"""GELU -> GRN -> Linear (the second half of a ConvNeXt V2 block) as one autograd function, in fewer passes.
+
+GRN is a per-(image, channel) affine ``a * s + beta`` with ``s = 1 + gamma * Nx``, so the Linear that
+follows can absorb it: ``(a * s + beta) @ W.T + b = a @ (W * s).T + (W @ beta + b)``. The forward pass
+reads the 4C-wide activation ``h`` once (GELU and the GRN statistics together), scales the small weight
+per image, and runs one batched matmul; no GRN output is ever written. The backward pass mirrors it:
+``da = dout @ (W * s)``, the weight gradient per image ``dout.T @ a`` gives both ``dW`` and ``ds``, and
+one elementwise pass turns ``da`` plus the statistics' term into ``dh`` through the GELU derivative.
+
+The two elementwise passes are pluggable (:class:`TorchOps` here, Triton kernels in :mod:`.triton_ops`);
+everything else is plain PyTorch. Statistics and the small per-image tensors are fp32; the big tensors stay
+in the activation's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class TorchOps:
+    """The two elementwise passes in plain PyTorch: the reference the kernels are tested against."""
+
+    @staticmethod
+    def gelu_sumsq(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``a = gelu(h)`` (exact erf form, in ``h``'s dtype) and ``sum over L of a**2`` in fp32, (N, K).
+
+        Args:
+            h (Tensor): (N, L, K) activations.
+        """
+        a = F.gelu(h)
+        return a, a.float().square().sum(dim=1)
+
+    @staticmethod
+    def gelu_grad(h: torch.Tensor, a: torch.Tensor, da: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """``dh = (da + a * r) * gelu'(h)`` in ``h``'s dtype; ``r`` is (N, K) fp32, the rest (N, L, K)."""
+        x = h.float()
+        cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
+        pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+        return ((da.float() + a.float() * r[:, None, :]) * (cdf + x * pdf)).to(h.dtype)
+
+
+class GeluGrnLinear(torch.autograd.Function):
+    """``Linear(GRN(GELU(h)))`` on (N, L, K) ``h``, output (N, L, C); parameters as in the plain block."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, eps: float, ops: type) -> torch.Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            a, sumsq = ops.gelu_sumsq(h)
+            gx = sumsq.sqrt()
+            denom = gx.mean(dim=1, keepdim=True) + eps
+            nx = gx / denom
+            s = torch.addcmul(torch.ones_like(nx), gamma.float(), nx)  # (N, K)
+            w = weight.float()
+            wn = (w[None] * s[:, None, :]).to(h.dtype)  # (N, C, K): the weight with GRN folded in
+            b = torch.addmv(bias.float(), w, beta.float()).to(h.dtype)
+            out = torch.baddbmm(b, a, wn.transpose(1, 2))
+        ctx.save_for_backward(h, a, wn, gx, denom, nx, s, gamma, beta, weight)
+        ctx.ops = ops
+        ctx.param_dtypes = (gamma.dtype, beta.dtype, weight.dtype, bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        h, a, wn, gx, denom, nx, s, gamma, beta, weight = ctx.saved_tensors
+        with torch.autocast(h.device.type, enabled=False):
+            dout = dout.to(h.dtype).contiguous()
+            dsum = dout.float().sum(dim=(0, 1))  # (C,)
+            dwn = torch.bmm(dout.transpose(1, 2), a).float()  # (N, C, K): dL/d(weight * s_n)
+            w = weight.float()
+            dweight = torch.einsum('nck,nk->ck', dwn, s) + torch.outer(dsum, beta.float())
+            ds = torch.einsum('nck,ck->nk', dwn, w)
+            dgamma = (ds * nx).sum(dim=0)
+            dnx = ds * gamma.float()
+            # nx = gx / (mean(gx) + eps)  ->  dgx; then gx = ||a|| over L  ->  da += a * dgx / gx
+            dgx = dnx / denom - (dnx * gx).sum(dim=1, keepdim=True) / (denom * denom * gx.shape[1])
+            r = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
+            dh = ctx.ops.gelu_grad(h, a, torch.bmm(dout, wn), r)
+        gdt, bdt, wdt, bidt = ctx.param_dtypes
+        return (dh, dgamma.to(gdt), (w.t() @ dsum).to(bdt), dweight.to(wdt), dsum.to(bidt), None, None)
+
+
+def gelu_grn_linear(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, eps: float = 1e-6, ops: type = TorchOps) -> torch.Tensor:
+    """``Linear(GRN(GELU(h)))`` in fewer passes over ``h``; see the module docstring.
+
+    Args:
+        h (Tensor): (N, L, K) output of the first Linear, contiguous, any float dtype.
+        gamma (Tensor): GRN gamma, K elements (any shape).
+        beta (Tensor): GRN beta, K elements.
+        weight (Tensor): (C, K) weight of the second Linear.
+        bias (Tensor): (C,) bias of the second Linear.
+        eps (float): GRN's epsilon. Defaults to 1e-6.
+        ops (type): The elementwise passes, :class:`TorchOps` or the Triton ones. Defaults to TorchOps.
+
+    Returns:
+        Tensor: (N, L, C) in ``h``'s dtype.
+    """
+    if h.dim() != 3:
+        raise ValueError(f'h must be (N, L, K), got shape {tuple(h.shape)}')
+    k = h.shape[-1]
+    return GeluGrnLinear.apply(h.contiguous(), gamma.reshape(k), beta.reshape(k), weight, bias, eps, ops)
