@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Run the GPU benchmarks from the repo root: environment report, optional offline wheel install, backbone
-# tables (ours, ours + torch.compile, HF, timm if installed) and full mmseg/mmdet training iterations
-# (our backbone and HF's in the same process). Every step runs even if an earlier one failed.
+# Maintainer script (not a user tool): run the GPU checks and benchmarks from the repo root: environment
+# report, optional offline wheel install, mmcv build, the fused block's check (dev/check_fused.py), backbone
+# tables (ours fused / plain, ours + torch.compile, HF, timm if installed) and full mmseg/mmdet training
+# iterations (stock components, ours, HF's backbone in the same process, with a profile). Every step runs
+# even if an earlier one failed.
 #
 #   dev/device_bench.sh                     # every step
 #   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels mmcv gpu-tests dist-smoke bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny
+# Steps: env wheels mmcv gpu-tests dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
+# full-seg-tiny full-det-base full-det-tiny full-cascade
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
 # shared/wheels; an mmcv-*.tar.gz sdist there is compiled with CUDA ops by the mmcv step), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
 # on PYTHONPATH, e.g. /tmp/site, instead of into the environment), PIP_FLAGS (e.g. --break-system-packages),
 # BACKBONE_ARGS / FULL_ARGS (extra arguments for tools/benchmark.py, e.g. "--iters 50"), LOG_DIR (stderr
-# of each step, default /tmp/device_bench_logs). $OUT gets one JSON per benchmark step (7) and summary.md
-# (every table, and the log tail of each failed step): 8 files.
+# of each step, default /tmp/device_bench_logs), BB_IMPLS / FULL_IMPLS (the rows; defaults below),
+# MMCV_WHEEL_OUT (copy the mmcv wheel built by the mmcv step there, to carry into a later run). $OUT gets one
+# JSON per benchmark step and summary.md (every table, and the log tail of each failed step).
 set -u
 
 OUT=${OUT:-./bench_out}
@@ -23,7 +27,9 @@ PIP_FLAGS=${PIP_FLAGS:-}
 WHEEL_TARGET=${WHEEL_TARGET:-}
 BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
-ALL_STEPS="env wheels mmcv gpu-tests dist-smoke bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny"
+FULL_IMPLS=${FULL_IMPLS:-"stock ours ours-plain ours-compile hf"}
+BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile hf"}
+ALL_STEPS="env wheels mmcv gpu-tests dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -96,6 +102,7 @@ step_mmcv() {
         || { tail -n 30 "$LOG_DIR/mmcv-build.log"; return 1; }
     "$PYTHON" -m pip install -q --no-index --no-deps $PIP_TARGET $PIP_FLAGS "$build"/mmcv-*/dist/mmcv-*.whl \
         || return 1
+    if [ -n "${MMCV_WHEEL_OUT:-}" ]; then cp "$build"/mmcv-*/dist/mmcv-*.whl "$MMCV_WHEEL_OUT"/; fi
     (cd / && "$PYTHON" -c 'import mmcv, mmcv._ext; print("mmcv", mmcv.__version__, "with compiled ops")')
 }
 
@@ -103,6 +110,12 @@ step_mmcv() {
 step_gpu_tests() {
     "$PYTHON" -m pytest -q -p no:cacheprovider -x tests/mm/test_roi_features.py tests/models 2>&1 \
         | tee -a "$LOG_DIR/gpu-tests.log" | tail -n 15
+    return "${PIPESTATUS[0]}"
+}
+
+# The fused block against the plain one on the GPU (numerics and speed), see dev/check_fused.py.
+step_check_fused() {
+    "$PYTHON" dev/check_fused.py --json-out "$OUT/check-fused.json" | tee -a "$OUT/summary.md"
     return "${PIPESTATUS[0]}"
 }
 
@@ -150,8 +163,10 @@ run_tool() {
 
 # bb STEP ARCH INPUT BATCH: one backbone table, train and infer, bf16, channels_last.
 bb() {
-    local impls="ours ours-compile hf"
-    if "$PYTHON" -c 'import timm' 2>/dev/null; then impls="$impls timm timm-compile"; fi
+    local impls=$BB_IMPLS
+    if [ -z "${BB_NO_TIMM:-}" ] && "$PYTHON" -c 'import timm' 2>/dev/null; then
+        impls="$impls timm $(echo "$impls" | grep -q compile && echo timm-compile)"
+    fi
     run_tool "$1" backbone --impl $impls --arch "$2" --input "$3" --batch "$4" --mode train infer --dtype bf16 \
         --channels-last $BACKBONE_ARGS
 }
@@ -162,7 +177,7 @@ full() {
         echo "mmcv/mmengine do not import; skipping $1"
         return 0
     fi
-    run_tool "$1" full --config "$2" --backbone-impl ours hf $FULL_ARGS
+    run_tool "$1" full --config "$2" --backbone-impl $FULL_IMPLS $FULL_ARGS
 }
 
 for step in $STEPS; do
@@ -172,6 +187,7 @@ for step in $STEPS; do
         wheels) step_wheels ;;
         mmcv) step_mmcv ;;
         gpu-tests) step_gpu_tests ;;
+        check-fused) step_check_fused ;;
         dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;
         bb-base-512) bb "$step" base 512 16 ;;
@@ -180,6 +196,7 @@ for step in $STEPS; do
         full-seg-tiny) full "$step" configs/upernet_convnextv2_tiny_ade20k.py ;;
         full-det-base) full "$step" configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py ;;
         full-det-tiny) full "$step" configs/mask-rcnn_convnextv2_tiny_fpn_3x_coco.py ;;
+        full-cascade) full "$step" configs/cascade-mask-rcnn_convnextv2_tiny_fpn_1x_coco.py ;;
         *) echo "unknown step '$step'; steps: $ALL_STEPS" >&2; false ;;
     esac || failed "$step" "$?"
 done

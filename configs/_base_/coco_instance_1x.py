@@ -28,7 +28,7 @@ param_scheduler = [
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True),  # one kernel a group
     constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
 # The lr is for 16 images per iteration; `--auto-scale-lr` scales it to the real batch.

@@ -23,8 +23,9 @@ model = dict(
         drop_path_rate=0.4,
         # torch.compile of the backbone (README, "Speed"); the first iteration compiles for a minute.
         compile=True),
-    decode_head=dict(in_channels=[128, 256, 512, 1024], channels=512, num_classes=num_classes),
-    auxiliary_head=dict(in_channels=512, in_index=2, channels=256, num_classes=num_classes,
+    # UPerHead / FCNHead with exact faster resizes and acc_seg in training (convnextv2_dense.mm.fast_heads).
+    decode_head=dict(type='UPerHeadFast', in_channels=[128, 256, 512, 1024], channels=512, num_classes=num_classes),
+    auxiliary_head=dict(type='FCNHeadFast', in_channels=512, in_index=2, channels=256, num_classes=num_classes,
                         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))
 
@@ -36,7 +37,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     dtype='bfloat16',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True),  # one kernel a group
     constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_rate=0.9, decay_type='layer_wise'))
 

@@ -19,7 +19,8 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 
 
 def _register(registry_module: ModuleType) -> None:
-    """Put the backbone and the layer-decay constructor into one mm package's registries."""
+    """Put the backbone and the layer-decay constructor into one mm package's registries (and, in mmseg's,
+    the decode heads of :mod:`.fast_heads`)."""
     from ..models import ConvNeXtV2
     from .checkpoint_safety import allow_mmengine_checkpoints
     from .optimizer import ConvNeXtV2LayerDecayOptimizerConstructor
@@ -27,6 +28,10 @@ def _register(registry_module: ModuleType) -> None:
     registry_module.MODELS.register_module('ConvNeXtV2', module=ConvNeXtV2, force=True)
     registry_module.OPTIM_WRAPPER_CONSTRUCTORS.register_module(
         'ConvNeXtV2LayerDecayOptimizerConstructor', module=ConvNeXtV2LayerDecayOptimizerConstructor, force=True)
+    if registry_module.__name__ == 'mmseg.registry':  # builders: mmseg's heads are imported on first build
+        from .fast_heads import build_fcn_head_fast, build_uper_head_fast
+        registry_module.MODELS.register_module('UPerHeadFast', module=build_uper_head_fast, force=True)
+        registry_module.MODELS.register_module('FCNHeadFast', module=build_fcn_head_fast, force=True)
     allow_mmengine_checkpoints()
 
 
