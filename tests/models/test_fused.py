@@ -1,0 +1,122 @@
+"""The fused block (convnextv2_dense.models.fused) against the plain block, on the CPU.
+
+The autograd function is checked with its torch passes and with the Triton kernels run by Triton's
+interpreter (TRITON_INTERPRET=1, set here before Triton is imported): forward and every gradient, fp32
+to rounding, bf16/fp16 within 1e-2 relative of the fp32 plain block. Random non-zero weights throughout.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from convnextv2_dense import ConvNeXtV2
+from convnextv2_dense.models.block import Block
+from convnextv2_dense.models.fused import TorchOps, gelu_grn_linear, use_fused
+
+HAS_TRITON = importlib.util.find_spec('triton') is not None
+
+
+def interpreted_triton_ops() -> type:
+    os.environ['TRITON_INTERPRET'] = '1'  # must be set before the kernels are decorated
+    module = importlib.import_module('convnextv2_dense.models.fused.triton_ops')
+    return importlib.reload(module).TritonOps
+
+
+def random_block(dim: int, seed: int = 0) -> Block:
+    torch.manual_seed(seed)
+    block = Block(dim)
+    with torch.no_grad():
+        for param in block.parameters():
+            param.normal_(0, 0.5 if param.dim() == 1 else 0.1)
+    return block
+
+
+def fused_branch(block: Block, x: torch.Tensor, ops: type) -> torch.Tensor:
+    """The block's residual branch through the fused function (what fused_forward does on CUDA)."""
+    y = block.norm(block.dwconv(x).permute(0, 2, 3, 1))
+    h = block.pwconv1(y)
+    n, hh, ww, k = h.shape
+    out = gelu_grn_linear(h.reshape(n, hh * ww, k), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
+                          block.pwconv2.bias, block.grn.eps, ops)
+    return x + out.view(n, hh, ww, -1).permute(0, 3, 1, 2)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def outputs_and_grads(fn, block: Block, x: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_()
+    y = fn(x)
+    return [y.float(), *(g.float() for g in torch.autograd.grad(y, [x, *block.parameters()], grad.to(y.dtype)))]
+
+
+OPS = [pytest.param('torch', id='torch-passes'),
+       pytest.param('triton', id='triton-interpreted', marks=pytest.mark.skipif(not HAS_TRITON,
+                                                                                reason='triton not installed'))]
+
+
+@pytest.mark.parametrize('ops_name', OPS)
+@pytest.mark.parametrize('shape', [(2, 8, 5, 7), (1, 24, 9, 9)])
+def test_fp32_matches_the_plain_block(ops_name, shape):
+    ops = TorchOps if ops_name == 'torch' else interpreted_triton_ops()
+    block = random_block(shape[1])
+    x = torch.randn(shape).to(memory_format=torch.channels_last)
+    grad = torch.randn(shape)
+    plain = outputs_and_grads(block, block, x, grad)
+    fused = outputs_and_grads(lambda t: fused_branch(block, t, ops), block, x, grad)
+    names = ['out', 'x', *(name for name, _ in block.named_parameters())]
+    errors = {name: rel(a, b) for name, a, b in zip(names, fused, plain)}
+    assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize('ops_name', OPS)
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_half_precision_is_within_1e_2_of_fp32(ops_name, dtype):
+    ops = TorchOps if ops_name == 'torch' else interpreted_triton_ops()
+    block = random_block(16, seed=1)
+    x, grad = torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6)
+    reference = outputs_and_grads(block, block, x, grad)
+    half = block.to(dtype)  # no CPU autocast for every op: the whole block in the half dtype
+    fused = outputs_and_grads(lambda t: fused_branch(half, t.to(dtype), ops), half, x, grad)
+    errors = [rel(a, b) for a, b in zip(fused, reference)]
+    assert max(errors) < 1e-2, errors
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason='triton not installed')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_kernels_equal_their_torch_reference(dtype):
+    ops = interpreted_triton_ops()
+    torch.manual_seed(3)
+    h = (torch.randn(2, 70, 72) * 2).to(dtype)  # row and channel counts that are not block multiples
+    a0, s0 = TorchOps.gelu_sumsq(h)
+    a1, s1 = ops.gelu_sumsq(h)
+    assert rel(a1, a0) < 1e-6 if dtype == torch.float32 else rel(a1, a0) < 1e-2
+    assert rel(s1, s0) < 1e-5 if dtype == torch.float32 else rel(s1, s0) < 1e-2
+    da, r = torch.randn_like(h), torch.randn(2, 72)
+    assert rel(ops.gelu_grad(h, a1, da, r), TorchOps.gelu_grad(h, a0, da, r)) < (1e-5 if dtype == torch.float32
+                                                                               else 1e-2)
+
+
+def test_cpu_runs_the_plain_block_and_compile_or_false_never_fuses():
+    x = torch.randn(1, 8, 4, 4)
+    assert not use_fused(None, True, x) and not use_fused(True, True, x)
+    if torch.cuda.is_available():
+        assert not use_fused(False, True, x.cuda())
+        assert not use_fused(None, False, x.cuda())  # the default serves training only
+
+
+def test_fused_block_keeps_parameter_names_and_rejects_bad_values():
+    names = list(ConvNeXtV2('atto').state_dict())
+    assert list(ConvNeXtV2('atto', fused_block=True).state_dict()) == names
+    assert list(ConvNeXtV2('atto', fused_block=False).state_dict()) == names
+    assert all(block.fused_block is False for stage in ConvNeXtV2('atto', fused_block=False).stages
+               for block in stage)
+    with pytest.raises(ValueError, match="fused_block must be None, True or False, got 'yes'"):
+        ConvNeXtV2('atto', fused_block='yes')
+    with pytest.raises(ValueError, match='got 1'):
+        ConvNeXtV2('atto', fused_block=1)
