@@ -24,7 +24,7 @@ if REPO_ROOT not in sys.path:  # run from a checkout without installing the pack
 import torch  # noqa: E402
 
 from convnextv2_dense.models.block import Block  # noqa: E402
-from convnextv2_dense.models.fused import TorchOps, triton_ops  # noqa: E402
+from convnextv2_dense.models.fused import TorchOps, kernel_ops  # noqa: E402
 
 SHAPES = ((128, 128, 2), (256, 64, 2), (512, 32, 2), (1024, 16, 2), (96, 128, 32), (512, 32, 16), (1024, 7, 128))
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -68,9 +68,9 @@ def kernels(c: int, hw: int, n: int) -> list[dict]:
     for name, dtype in DTYPES.items():
         h = torch.randn(n, hw * hw, 4 * c, device='cuda', dtype=dtype) * 2
         a0, s0 = TorchOps.gelu_sumsq(h)
-        a1, s1 = triton_ops().gelu_sumsq(h)
+        a1, s1 = kernel_ops().gelu_sumsq(h)
         da, r = torch.randn_like(h), torch.randn(n, 4 * c, device='cuda')
-        d0, d1 = TorchOps.gelu_grad(h, a0, da, r), triton_ops().gelu_grad(h, a1, da, r)
+        d0, d1 = TorchOps.gelu_grad(h, a0, da, r), kernel_ops().gelu_grad(h, a1, da, r)
         rows.append(dict(shape=f'K{4 * c} L{hw * hw} N{n}', dtype=name, a=rel(a1, a0), sumsq=rel(s1, s0),
                          dh=rel(d1, d0)))
     return rows

@@ -17,7 +17,7 @@ from torch import nn
 
 from .grn_mlp import TorchOps, gelu_grn_linear
 
-__all__ = ['TorchOps', 'fused_forward', 'gelu_grn_linear', 'triton_available', 'use_fused']
+__all__ = ['TorchOps', 'fused_forward', 'gelu_grn_linear', 'kernel_ops', 'triton_available', 'use_fused']
 
 
 @functools.cache
@@ -27,7 +27,8 @@ def triton_available() -> bool:
 
 
 @functools.cache
-def triton_ops() -> type:
+def kernel_ops() -> type:
+    """The Triton passes (:class:`.triton_ops.TritonOps`), imported on first use."""
     from .triton_ops import TritonOps
     return TritonOps
 
@@ -50,5 +51,5 @@ def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     h = block.pwconv1(y)
     n, hh, ww, k = h.shape
     out = gelu_grn_linear(h.reshape(n, hh * ww, k), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
-                          block.pwconv2.bias, block.grn.eps, triton_ops())
+                          block.pwconv2.bias, block.grn.eps, kernel_ops())
     return out.view(n, hh, ww, -1).permute(0, 3, 1, 2)

@@ -14,8 +14,8 @@ import triton.language as tl
 
 BLOCK_L = 64
 BLOCK_K = 64
-_RSQRT2 = 0.7071067811865476
-_RSQRT2PI = 0.3989422804014327
+_RSQRT2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+_RSQRT2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 
 
 @triton.jit
