@@ -40,8 +40,9 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         with_cp (bool): Activation checkpointing per block. Defaults to False.
         fused_block (bool, optional): The block's fast path (:mod:`convnextv2_dense.models.fused`: GRN folded
             into the second Linear, Triton kernels for GELU and the GRN statistics; same parameters and
-            results). None: in training on CUDA where Triton is installed; True: in inference too; False:
-            never (the plain PyTorch block). The CPU, ``torch.compile``, tracing and export always run the
+            results). None: in training on CUDA where Triton is installed, for the blocks whose feature map
+            makes it faster (large maps, many images); True: every block, in inference too; False: never
+            (the plain PyTorch block). The CPU, ``torch.compile``, tracing and export always run the
             plain block. Defaults to None.
         compile (bool | dict): Run the forward pass through ``torch.compile`` (a dict is passed to it as
             keyword arguments). It fuses LayerNorm, GELU and GRN into far fewer kernels: about twice the

@@ -4,7 +4,8 @@ The block's GELU -> GRN -> Linear runs as one autograd function (:mod:`.grn_mlp`
 passes are Triton kernels (:mod:`.triton_ops`); dwconv, LayerNorm and the first Linear stay cuDNN/cuBLAS.
 :func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls when :func:`use_fused`
 says so: on CUDA with Triton installed, outside ``torch.compile`` / tracing / ONNX export, in training by
-default (``fused_block=None``), also in inference with ``fused_block=True``, never with ``False``.
+default (``fused_block=None``, and only for the shapes where it is faster), everywhere with
+``fused_block=True``, never with ``False``.
 Imports torch only; Triton on the first fused call.
 """
 from __future__ import annotations
@@ -33,9 +34,26 @@ def kernel_ops() -> type:
     return TritonOps
 
 
+# Folding GRN into the second Linear scales its (C, 4C) weight once per image: worth it only where a feature
+# map has many more pixels than channels, with enough pixels in the batch to hide the extra small launches.
+# Measured on an H200 (docs/benchmarks.md): C96 128x128 x32 images 1.6x faster; C512 32x32 x16 0.8x; C1024
+# 7x7 x128 0.1x; any shape with 2 images 0.7-0.95x.
+MIN_PIXELS_PER_CHANNEL = 8
+MIN_BATCH_PIXELS = 65536
+
+
+def worth_fusing(x: torch.Tensor) -> bool:
+    """Whether the fused path is faster for an (N, C, H, W) block input, by the rule above."""
+    n, c, h, w = x.shape
+    return h * w >= MIN_PIXELS_PER_CHANNEL * c and n * h * w >= MIN_BATCH_PIXELS
+
+
 def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
-    """Whether a block in ``training`` mode with ``fused_block=mode`` runs fused on input ``x``."""
-    if mode is False or not x.is_cuda or (mode is None and not (training and torch.is_grad_enabled())):
+    """Whether a block in ``training`` mode with ``fused_block=mode`` runs fused on input ``x``: ``True``
+    always (on CUDA), ``None`` in training where :func:`worth_fusing`, ``False`` never."""
+    if mode is False or not x.is_cuda:
+        return False
+    if mode is None and not (training and torch.is_grad_enabled() and worth_fusing(x)):
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
