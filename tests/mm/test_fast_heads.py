@@ -62,9 +62,10 @@ def _heads(registry, fast: str, stock: str, **cfg):
 
 @pytest.mark.parametrize('fast, stock, cfg', [
     ('UPerHeadFast', 'UPerHead', dict(in_channels=[8, 16, 32, 64], in_index=[0, 1, 2, 3], channels=16,
-                                      num_classes=5, norm_cfg=dict(type='BN', requires_grad=True))),
+                                      num_classes=5, norm_cfg=dict(type='BN', requires_grad=True),
+                                      dropout_ratio=0.0)),
     ('FCNHeadFast', 'FCNHead', dict(in_channels=32, in_index=2, channels=8, num_classes=5,
-                                    norm_cfg=dict(type='BN', requires_grad=True)))])
+                                    norm_cfg=dict(type='BN', requires_grad=True), dropout_ratio=0.0))])
 def test_fast_heads_give_the_stock_losses_and_gradients(fast, stock, cfg):
     pytest.importorskip('mmseg')
     import convnextv2_dense  # noqa: F401  (registers the heads)

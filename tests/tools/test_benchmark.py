@@ -64,3 +64,41 @@ def test_full_iteration_table_on_cpu(tmp_path, capsys, config, extra):
     # Same heads and the same layer-decay groups for both backbones, so the rows compare.
     assert rows[0]['extra']['param_groups'] == rows[1]['extra']['param_groups']
     assert rows[0]['extra']['params_m'] == pytest.approx(rows[1]['extra']['params_m'])
+
+
+def test_full_iteration_profile_and_stock_row_on_cpu(tmp_path, capsys):
+    pytest.importorskip('mmengine')
+    json_out = tmp_path / 'full.json'
+    argv = ['full', '--config', 'configs/demo/upernet_convnextv2_atto_demo.py', '--img-size', '64',
+            '--backbone-impl', 'stock', 'ours', '--device', 'cpu', '--warmup', '1', '--iters', '1', '--profile', '1',
+            '--json-out', str(json_out)]
+    assert load_tool().main(argv) == 0
+    table = capsys.readouterr().out
+    assert 'profile of stock' in table and 'profile of ours' in table and '| host op (self time) |' in table
+    rows = json.loads(json_out.read_text())['rows']
+    assert [row['impl'] for row in rows] == ['stock', 'ours'] and all(row['status'] == 'ok' for row in rows)
+    profile = rows[0]['extra']['profile']
+    assert profile['iters'] == 1 and profile['gpu_busy_ms'] is None and profile['top_host_ops']
+    assert all(ms >= 0 and calls > 0 for _, ms, calls in profile['top_host_ops'])
+
+
+def test_stock_components_undo_our_variants():
+    pytest.importorskip('mmseg')
+    from mmengine.config import Config
+
+    from convnextv2_dense.bench.full import stock_components
+    cfg = Config.fromfile('configs/upernet_convnextv2_base_ade20k.py')
+    assert (cfg.model.decode_head.type, cfg.model.auxiliary_head.type) == ('UPerHeadFast', 'FCNHeadFast')
+    assert cfg.optim_wrapper.optimizer.fused is True
+    model, optim = stock_components(cfg.model), stock_components(cfg.optim_wrapper)
+    assert (model.decode_head.type, model.auxiliary_head.type) == ('UPerHead', 'FCNHead')
+    assert 'fused' not in optim.optimizer and optim.optimizer.lr == cfg.optim_wrapper.optimizer.lr
+
+
+def test_full_iteration_handles_cascades_list_of_bbox_heads(tmp_path):
+    pytest.importorskip('mmdet')
+    from convnextv2_dense.bench.full import FullSettings, full_benchmark
+    config = 'configs/cascade-mask-rcnn_convnextv2_tiny_fpn_1x_coco.py'
+    report = full_benchmark(FullSettings(config, img_per_gpu=1, img_size=64, boxes=2, warmup=1, iters=1,
+                                         device='cpu'), log=lambda line: None)
+    assert [row['status'] for row in report['rows']] == ['ok']
