@@ -10,13 +10,12 @@ with our backbone, ours), an HF transformers folder, an http(s) URL or an HF hub
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
 
-try:
-    import convnextv2_dense  # noqa: F401
-except ImportError:  # running from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, REPO_ROOT)
 
 from convnextv2_dense.models import ConvNeXtV2, ConvNeXtV2Classifier, resolve_arch  # noqa: E402
 from convnextv2_dense.weights import describe_arch, read_canonical, save_state_dict  # noqa: E402

@@ -23,8 +23,9 @@ import os.path as osp
 import subprocess
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, REPO_ROOT)
 
 DEMO_DATA = 'data/demo'  # where the demo configs read their data_root from
 TASKS = {
@@ -39,7 +40,7 @@ def run(*args: str) -> None:
     """Run one of our tools as a user would, streaming its output; stop the demo if it fails."""
     cmd = [sys.executable, *args]
     print('\n$ ' + ' '.join(cmd), flush=True)
-    result = subprocess.run(cmd, cwd=REPO)
+    result = subprocess.run(cmd, cwd=REPO_ROOT)
     if result.returncode != 0:
         raise SystemExit(f'demo step failed with exit code {result.returncode}: {" ".join(args)}')
 
@@ -60,7 +61,7 @@ def newest_best(train_dir: str) -> str | None:
 
 
 def config_digest(config: str) -> str:
-    return hashlib.sha256(open(osp.join(REPO, config), 'rb').read()).hexdigest()[:12]
+    return hashlib.sha256(open(osp.join(REPO_ROOT, config), 'rb').read()).hexdigest()[:12]
 
 
 def save_untrained(config: str, path: str, options: dict) -> None:
@@ -70,7 +71,7 @@ def save_untrained(config: str, path: str, options: dict) -> None:
     from mmengine.registry import init_default_scope
 
     import convnextv2_dense  # noqa: F401
-    cfg = Config.fromfile(osp.join(REPO, config))
+    cfg = Config.fromfile(osp.join(REPO_ROOT, config))
     cfg.merge_from_dict(options)
     init_default_scope(cfg.default_scope)
     torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))

@@ -9,7 +9,9 @@ import os
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, REPO_ROOT)
 
 from convnextv2_dense.mm.runner_cli import (add_common_args, build_runner, load_config,  # noqa: E402
                                              shut_down_distributed, task_of)
