@@ -275,4 +275,6 @@ def format_full_report(report: dict[str, Any]) -> str:
     for r in report['rows']:
         if 'profile' in r['extra']:
             lines += ['', *format_profile(f'{r["impl"]} {s["config"]}', r['extra']['profile'])]
+        elif 'profile_status' in r['extra']:
+            lines += ['', f'profile of {r["impl"]} {s["config"]}: {r["extra"]["profile_status"]}']
     return '\n'.join(lines)

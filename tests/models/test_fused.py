@@ -120,3 +120,11 @@ def test_fused_block_keeps_parameter_names_and_rejects_bad_values():
         ConvNeXtV2('atto', fused_block='yes')
     with pytest.raises(ValueError, match='got 1'):
         ConvNeXtV2('atto', fused_block=1)
+
+
+@pytest.mark.parametrize('shape, expected', [((32, 96, 128, 128), True), ((16, 128, 128, 128), True),
+                                             ((2, 128, 128, 128), False), ((16, 512, 32, 32), False),
+                                             ((128, 1024, 7, 7), False)])
+def test_default_fuses_only_the_shapes_where_it_measured_faster(shape, expected):
+    from convnextv2_dense.models.fused import worth_fusing
+    assert worth_fusing(torch.empty(shape, device='meta')) is expected
