@@ -15,8 +15,8 @@ from ..models.backbone import memory_layout
 from ..models.stage_selection import INDEXED_STAGES
 
 # ours: the default (fused block in training on CUDA where Triton is installed and the shape pays);
-# ours-plain: the plain PyTorch block; ours-fused: the fused block everywhere, in inference too; -compile: torch.compile of the whole backbone
-# (which runs the plain block: the compiler fuses it itself).
+# ours-plain: the plain PyTorch block; ours-fused: the fused block everywhere, in inference too;
+# -compile: torch.compile of the whole backbone (which runs the plain block: the compiler fuses it itself).
 IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-compile', 'hf', 'timm', 'timm-compile')
 # Rows of the full-iteration benchmark (.full): as above, plus 'stock': the plain block with the stock mm
 # components (heads, optimizer flags) in place of the fast variants our configs use: the "before" row.
