@@ -40,16 +40,22 @@ HF_DEFAULTS: dict[str, Any] = dict(num_channels=3, patch_size=4, num_stages=4, h
 HFConfig = Any  # a transformers ConvNextV2Config, its dict, or a path to config.json or its folder
 
 
-def read_hf_config(config: HFConfig) -> tuple[dict, str]:
+def read_hf_config(config: HFConfig, where: str | None = None) -> tuple[dict, str]:
     """The config as a plain dict, and a name for it in messages.
 
     Args:
         config (ConvNextV2Config | Mapping | str | PathLike): An HF config object (anything with
             ``to_dict()``), its dict, or the path of a ``config.json`` or of the folder holding one.
+        where (str, optional): Names the config in messages. Defaults to None (its type or path).
 
     Returns:
         tuple[dict, str]: The fields, and where they came from.
     """
+    fields, name = _read(config)
+    return fields, where or name
+
+
+def _read(config: HFConfig) -> tuple[dict, str]:
     if hasattr(config, 'to_dict') and not isinstance(config, Mapping):
         return dict(config.to_dict()), type(config).__name__
     if isinstance(config, Mapping):
@@ -87,11 +93,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def hf_arch_kwargs(config: HFConfig) -> dict:
+def hf_arch_kwargs(config: HFConfig, where: str | None = None) -> dict:
     """The constructor arguments both model classes share, from an HF ConvNeXt V2 config.
 
     Args:
         config (ConvNextV2Config | Mapping | str | PathLike): See :func:`read_hf_config`.
+        where (str, optional): Names the config in messages. Defaults to None.
 
     Returns:
         dict: ``depths``, ``dims``, ``in_channels``, ``patch_size``, ``act``, ``drop_path_rate`` and
@@ -100,7 +107,7 @@ def hf_arch_kwargs(config: HFConfig) -> dict:
     Raises:
         ValueError: A field we cannot honour, named with its value and what is allowed.
     """
-    fields, where = read_hf_config(config)
+    fields, where = read_hf_config(config, where)
     model_type = fields.get('model_type', 'convnextv2')
     if model_type != 'convnextv2':
         raise ValueError(f"{where}: model_type={model_type!r} is not a ConvNeXt V2 config (expected 'convnextv2')")
@@ -122,29 +129,29 @@ def hf_arch_kwargs(config: HFConfig) -> dict:
                               'a positive number')))
 
 
-def hf_head_norm_eps(config: HFConfig) -> float:
+def hf_head_norm_eps(config: HFConfig, where: str | None = None) -> float:
     """HF's ``layer_norm_eps``: the epsilon of the pooled LayerNorm (our classifier's ``head_norm_eps``)."""
-    fields, where = read_hf_config(config)
+    fields, where = read_hf_config(config, where)
     return float(_field(fields, 'layer_norm_eps', where, lambda v: _number(v) and v > 0, 'a positive number'))
 
 
-def hf_num_labels(config: HFConfig) -> int:
+def hf_num_labels(config: HFConfig, where: str | None = None) -> int:
     """The number of classes of an HF classification config (``num_labels``, else ``id2label``)."""
-    fields, where = read_hf_config(config)
+    fields, where = read_hf_config(config, where)
     value = fields.get('num_labels', len(fields.get('id2label') or {}) or 2)
     if not _positive_int(value):
         raise ValueError(f'{where}: num_labels={value!r} cannot be honoured; expected a positive integer')
     return value
 
 
-def hf_out_features_of(config: HFConfig) -> list[str]:
+def hf_out_features_of(config: HFConfig, where: str | None = None) -> list[str]:
     """The backbone selection of an HF config as stage names (HF's default: the last stage).
 
     HF's ``out_indices`` count the stem as 0; they are translated to names here, so ``out_indices=[0, 2]``
     in a ``config.json`` becomes ``out_features=['stem', 'stage2']``.
     """
-    fields, where = read_hf_config(config)
-    names = stage_names(len(hf_arch_kwargs(fields)['depths']))
+    fields, where = read_hf_config(config, where)
+    names = stage_names(len(hf_arch_kwargs(fields, where)['depths']))
     features, indices = fields.get('out_features'), fields.get('out_indices')
     try:
         from_indices = None if indices is None else hf_out_features(indices, names)
