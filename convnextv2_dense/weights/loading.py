@@ -21,7 +21,7 @@ from torch import nn
 from ..models.archs import ArchSpec, arch_name, resolve_arch
 from ..models.hf_config import hf_arch_kwargs, hf_head_norm_eps
 from ..models.load_policy import LoadPolicy
-from .arch import check_declared_arch, covers_built_stages, describe_arch, infer_arch
+from .arch import check_declared_arch, covers_built_stages, describe_arch, infer_arch, stage_depths
 from .formats import to_canonical
 from .io import META_KEY, CheckpointError, RawCheckpoint, abbreviate, read_checkpoint
 
@@ -160,6 +160,11 @@ def load_canonical(model: nn.Module, ckpt: CanonicalCheckpoint) -> LoadReport:
                               f'ConvNeXt V2-{describe_arch(model_spec)}; build the model with the '
                               "checkpoint's arch (or use from_pretrained, which infers it)")
     _check_hints(model, ckpt)
+    held, built = len(stage_depths(ckpt.state_dict)), getattr(model, 'num_built_stages', None)
+    if built is not None and held < built:
+        raise CheckpointError(f'{ckpt.source} holds only the first {held} stages of its ConvNeXt V2-'
+                              f'{describe_arch(spec)} (saved by a backbone that returned no later stage), but the '
+                              f'model runs {built}; select stages up to stage{held} (out_indices up to {held - 1})')
     expected = model.state_dict()
     model_keys, ckpt_keys = set(expected), set(ckpt.state_dict)
     policy = _policy(model)
