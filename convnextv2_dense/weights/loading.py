@@ -332,6 +332,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: Mapping[str
     if spec is not None:  # a backbone that builds only its first stages still declares its whole arch
         info.setdefault('depths', list(spec.depths))
         info.setdefault('dims', list(spec.dims))
-    if getattr(model, 'act', 'gelu') != 'gelu':
+    if isinstance(getattr(model, 'act', None), str):
         info.setdefault('act', model.act)
     return save_state_dict(model.state_dict(), path, info)
