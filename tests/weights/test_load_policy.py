@@ -76,3 +76,9 @@ def test_stage_counts_other_than_four_load_from_our_files(tmp_path, writers):
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(model.eval()(x), source.eval()(x))
 
+
+
+def test_our_files_record_their_activation(tmp_path, atto_classifier):
+    path = save_checkpoint(atto_classifier, tmp_path / 'cls.safetensors')
+    with pytest.raises(CheckpointError, match="made with act='gelu' .* the model uses act='relu'"):
+        load_weights(ConvNeXtV2Classifier('atto', num_classes=10, act='relu'), path)
