@@ -1,6 +1,7 @@
 """The ConvNeXt V2 block (Woo et al., 2023, Fig. 5).
 
-dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU (or another activation) -> GRN -> Linear 4C->C -> residual with drop path.
+dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU (or another activation) -> GRN -> Linear 4C->C -> residual
+with drop path.
 Parameter names follow the official release (``dwconv``, ``norm``, ``pwconv1``, ``grn``, ``pwconv2``).
 """
 from __future__ import annotations

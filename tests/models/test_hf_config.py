@@ -158,11 +158,11 @@ def test_overrides_replace_the_config_selection_and_image_size_is_ignored():
 def test_initializer_range_sets_the_init_statistics(std):
     model = ConvNeXtV2Classifier.from_hf_config(ConvNextV2Config(depths=[1, 1, 1, 1], hidden_sizes=[64, 64, 64, 64],
                                                                  initializer_range=std, num_labels=64))
-    weights = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    weights = torch.cat([m.weight.flatten() for m in layers])
     assert weights.numel() > 50_000
     assert abs(weights.std().item() / std - 1) < 0.03 and abs(weights.mean().item()) < std * 0.02
-    biases = [m.bias for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    assert not any(b.any() for b in biases) and not model.stages[0][0].grn.gamma.any()
+    assert not any(m.bias.any() for m in layers) and not model.stages[0][0].grn.gamma.any()
 
 
 # ------------------------------------------------------------------------------------ refusals

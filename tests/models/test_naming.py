@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / 'convnextv2_dense'
 def official_keys(depths: tuple[int, ...], classifier: bool) -> set[str]:
     """The official release's key layout, written out from its description (REFERENCE.md's crosswalk)."""
     keys = {f'downsample_layers.0.{i}.{p}' for i in (0, 1) for p in ('weight', 'bias')}
-    keys |= {f'downsample_layers.{s}.{i}.{p}' for s in range(1, len(depths)) for i in (0, 1) for p in ('weight', 'bias')}
+    keys |= {f'downsample_layers.{s}.{i}.{p}' for s in range(1, len(depths)) for i in (0, 1)
+             for p in ('weight', 'bias')}
     for s, depth in enumerate(depths):
         for b in range(depth):
             keys |= {f'stages.{s}.{b}.{layer}.{p}' for layer in ('dwconv', 'norm', 'pwconv1', 'pwconv2')
@@ -116,6 +117,7 @@ def test_models_import_no_other_room_at_module_level():
 
 
 def test_weights_and_mm_do_not_import_model_classes_to_decide():
-    for path in [*(PACKAGE / 'weights').glob('*.py'), PACKAGE / 'mm' / 'layer_decay.py', PACKAGE / 'mm' / 'optimizer.py']:
+    readers = [*(PACKAGE / 'weights').glob('*.py'), PACKAGE / 'mm' / 'layer_decay.py', PACKAGE / 'mm' / 'optimizer.py']
+    for path in readers:
         for _, module, _ in _relative_imports(path):
             assert module not in ('models.backbone', 'models.classifier', 'models.trunk'), (path.name, module)

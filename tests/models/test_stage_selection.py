@@ -126,7 +126,8 @@ def test_a_three_stage_backbone_selects_among_its_own_stages():
         ConvNeXtV2(depths=(1, 1, 1), dims=(8, 16, 24), out_indices=(3,))
 
 
-@pytest.mark.parametrize('hf_indices, names', [([0, 2], ['stem', 'stage2']), ([-1], ['stage3']), ([1, -2], ['stage1', 'stage2'])])
+@pytest.mark.parametrize('hf_indices, names', [([0, 2], ['stem', 'stage2']), ([-1], ['stage3']),
+                                               ([1, -2], ['stage1', 'stage2'])])
 def test_hf_out_indices_count_the_stem_as_zero(hf_indices, names):
     assert hf_out_features(hf_indices, THREE) == names
 

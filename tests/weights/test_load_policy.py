@@ -21,7 +21,8 @@ def test_skipped_stages_are_reported_as_unused(tmp_path, atto_classifier, image,
     want = {k for k in atto_classifier.state_dict()
             if k.startswith(tuple(f'stages.{i}.' for i in range(built, 4))
                             + tuple(f'downsample_layers.{i}.' for i in range(max(built, 1), 4)))}
-    assert set(report.skipped) == want and set(report.ignored) == {'norm.weight', 'norm.bias', 'head.weight', 'head.bias'}
+    assert set(report.skipped) == want
+    assert set(report.ignored) == {'norm.weight', 'norm.bias', 'head.weight', 'head.bias'}
     assert 'stages this backbone does not build' in str(report)
     assert len(model.stages) == built
     full = ConvNeXtV2.from_pretrained(path, out_features=ALL_STAGES).eval()
@@ -72,7 +73,8 @@ def test_stage_counts_other_than_four_load_from_our_files(tmp_path, writers):
                                                     patch_size=2, act='gelu_new'), seed=7)
     path = save_checkpoint(source, tmp_path / 'five.safetensors')
     model = ConvNeXtV2Classifier.from_pretrained(path)
-    assert (model.depths, model.patch_size, model.act, model.stage_names[-1]) == ((1, 1, 2, 1, 1), 2, 'gelu_new', 'stage5')
+    assert (model.depths, model.patch_size, model.act) == ((1, 1, 2, 1, 1), 2, 'gelu_new')
+    assert model.stage_names[-1] == 'stage5'
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(model.eval()(x), source.eval()(x))
 
