@@ -1,6 +1,7 @@
 """The ConvNeXt V2 arch table (Woo et al., 2023, arXiv 2301.00808, Table 1 and the official README).
 
-Every V2 model has GRN in each block and no layer scale; an arch is just its depths and widths.
+Every V2 model has GRN in each block and no layer scale; an arch is just its depths and widths. The
+released archs have four stages; a custom arch may have any number (HF's ``num_stages``).
 """
 from __future__ import annotations
 
@@ -9,20 +10,28 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """Depths and widths of the four stages of one ConvNeXt V2 model.
+    """Depths and widths of the stages of one ConvNeXt V2 model.
 
     Args:
-        depths (tuple[int, ...]): Number of blocks in each of the four stages.
-        dims (tuple[int, ...]): Channels of each of the four stages.
+        depths (tuple[int, ...]): Number of blocks in each stage (four for the released archs).
+        dims (tuple[int, ...]): Channels of each stage, as many as ``depths``.
     """
 
-    depths: tuple[int, int, int, int]
-    dims: tuple[int, int, int, int]
+    depths: tuple[int, ...]
+    dims: tuple[int, ...]
 
     def __post_init__(self) -> None:
         for field, values in (('depths', self.depths), ('dims', self.dims)):
-            if len(values) != 4 or not all(isinstance(v, int) and v > 0 for v in values):
-                raise ValueError(f'{field} must be four positive integers, got {values!r}')
+            if (not isinstance(values, tuple) or not values
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
+                raise ValueError(f'{field} must be a non-empty tuple of positive integers, got {values!r}')
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f'depths and dims must have one entry per stage, got {len(self.depths)} depths '
+                             f'{self.depths} and {len(self.dims)} dims {self.dims}')
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.depths)
 
     @property
     def num_blocks(self) -> int:

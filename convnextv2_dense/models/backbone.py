@@ -5,36 +5,45 @@ Plain PyTorch. The OpenMMLab adapters in :mod:`convnextv2_dense.mm` register thi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from .archs import resolve_arch
+from .hf_config import HFConfig, hf_arch_kwargs, hf_out_features_of
 from .block import Block
 from .layers import LayerNorm2d
-from .stage_selection import STAGE_NAMES, mm_index, select_stages
+from .stage_selection import mm_index, select_stages, stage_names
 from .trunk import ConvNeXtV2Trunk
-
-STAGE_STRIDES: dict[str, int] = {'stem': 4, 'stage1': 4, 'stage2': 8, 'stage3': 16, 'stage4': 32}
 
 
 class ConvNeXtV2(ConvNeXtV2Trunk):
     """ConvNeXt V2 backbone returning one normalised feature map per selected stage.
 
     Stages are selected by HF names (``out_features``) or by OpenMMLab indices (``out_indices``, where
-    0 is stage1 and -1 is stage4, unlike HF where 0 is the stem). Each selected output goes through a
+    0 is stage1 and -1 the last stage, unlike HF where 0 is the stem). Each selected output goes through a
     fresh LayerNorm of its own, as in ConvNeXt's dense-prediction code and HF's ``ConvNextV2Backbone``.
+    Stages after the last selected one are not built (under DistributedDataParallel no parameter is
+    left without a gradient); a checkpoint's tensors for them are reported as ignored when loading.
 
     Args:
         arch (str, optional): ``'atto'``, ``'femto'``, ``'pico'``, ``'nano'``, ``'tiny'``, ``'base'``,
             ``'large'`` or ``'huge'``. Defaults to ``'tiny'`` unless ``depths`` and ``dims`` are given.
-        depths (tuple[int, ...], optional): Blocks per stage for a custom arch. Defaults to None.
+        depths (tuple[int, ...], optional): Blocks per stage for a custom arch, any number of stages.
+            Defaults to None.
         dims (tuple[int, ...], optional): Channels per stage for a custom arch. Defaults to None.
-        in_channels (int): Input image channels. Defaults to 3.
-        out_features (Sequence[str], optional): Stage names from ``('stem', 'stage1', 'stage2',
-            'stage3', 'stage4')``, in order. Defaults to None.
+        in_channels (int): Input image channels (HF's ``num_channels``). Defaults to 3.
+        patch_size (int): Stem conv kernel and stride (HF's ``patch_size``). Defaults to 4.
+        act (str): Block activation by HF ``hidden_act`` name (``'gelu'``, ``'gelu_new'``, ``'relu'``,
+            ``'selu'``...). Defaults to ``'gelu'``.
+        out_features (Sequence[str], optional): Stage names from ``('stem', 'stage1', ..., 'stageN')``,
+            in order. Defaults to None.
         out_indices (Sequence[int], optional): OpenMMLab stage indices (0 = stage1). Defaults to None,
-            which with no ``out_features`` selects all four stages.
+            which with no ``out_features`` selects every stage (not the stem).
         drop_path_rate (float): Stochastic depth of the last block, linear over depth. Defaults to 0.
+        init_std (float): Std of the truncated-normal conv / linear init (HF's ``initializer_range``).
+            Defaults to 0.02.
         frozen_stages (int): -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 1..k, with their
             output norms; frozen parts stay in eval mode after ``train()``. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
@@ -53,15 +62,21 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
             Defaults to None.
     """
 
+    LOAD_MAY_BE_MISSING = frozenset({'out_norm'})  # fresh in every classification checkpoint
+    LOAD_MAY_BE_UNUSED = frozenset({'out_norm', 'head_norm', 'head'})  # a classifier's pooled norm and head
+
     def __init__(self,
                  arch: str | None = None,
                  *,
                  depths: tuple[int, ...] | None = None,
                  dims: tuple[int, ...] | None = None,
                  in_channels: int = 3,
+                 patch_size: int = 4,
+                 act: str = 'gelu',
                  out_features: Sequence[str] | None = None,
                  out_indices: Sequence[int] | None = None,
                  drop_path_rate: float = 0.0,
+                 init_std: float = 0.02,
                  frozen_stages: int = -1,
                  with_cp: bool = False,
                  fused_block: bool | None = None,
@@ -69,21 +84,24 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
                  init_cfg: dict | None = None) -> None:
         if arch is None and depths is None and dims is None:
             arch = 'tiny'
-        super().__init__(arch, depths=depths, dims=dims, in_channels=in_channels,
-                         drop_path_rate=drop_path_rate, with_cp=with_cp)
-        selected = select_stages(out_features, out_indices)
-        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be an integer in [-1, 4], got {frozen_stages!r}')
+        names = stage_names(resolve_arch(arch, depths, dims).num_stages)
+        selected = select_stages(out_features, out_indices, names)
+        last_stage = max(names.index(name) for name in selected)
+        super().__init__(arch, depths=depths, dims=dims, in_channels=in_channels, patch_size=patch_size,
+                         act=act, drop_path_rate=drop_path_rate, init_std=init_std, with_cp=with_cp,
+                         num_built_stages=last_stage)
+        if (isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int)
+                or not -1 <= frozen_stages <= self.num_stages):
+            raise ValueError(f'frozen_stages must be an integer in [-1, {self.num_stages}], got {frozen_stages!r}')
         if init_cfg is not None and not (isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained'
                                          and init_cfg.get('checkpoint')):
             raise ValueError("init_cfg must be None or dict(type='Pretrained', checkpoint=PATH_OR_URL), "
                              f'got {init_cfg!r}')
-        self.stage_names = STAGE_NAMES
         self.out_features = selected
-        self.out_indices = tuple(mm_index(name) for name in selected)
-        channels = dict(zip(STAGE_NAMES, (self.dims[0], *self.dims)))
+        self.out_indices = tuple(mm_index(name, names) for name in selected)
+        channels, strides = self.stage_channels(), self.stage_strides()
         self.out_channels = tuple(channels[name] for name in selected)
-        self.strides = tuple(STAGE_STRIDES[name] for name in selected)
+        self.strides = tuple(strides[name] for name in selected)
         self.frozen_stages = frozen_stages
         if not (fused_block is None or isinstance(fused_block, bool)):
             raise ValueError(f'fused_block must be None, True or False, got {fused_block!r}')
@@ -96,8 +114,34 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
         self.init_cfg = init_cfg
         self.out_norms = nn.ModuleDict({name: LayerNorm2d(channels[name]) for name in selected})
-        self._last_stage = max(STAGE_NAMES.index(name) for name in selected)
         self._freeze()
+
+    @classmethod
+    def from_hf_config(cls, config: HFConfig, **overrides: Any) -> 'ConvNeXtV2':
+        """The backbone an HF ``ConvNextV2Config`` describes (random weights; see ``from_pretrained``).
+
+        HF's ``out_indices`` count the stem as 0 (ours: 0 is stage1); the config's selection is
+        therefore passed on as ``out_features`` names, so ``out_indices=[0, 2]`` in HF terms selects
+        ``['stem', 'stage2']`` here. With neither field the selection is HF's default, the last stage.
+        ``image_size`` is ignored (HF's model does not use it either); ``layer_norm_eps`` only sets
+        HF's pooled norm, which a backbone does not have. Field by field: :mod:`.hf_config`.
+
+        Args:
+            config (ConvNextV2Config | dict | str | PathLike): The config object, its dict, or the path
+                of a ``config.json`` or its folder.
+            **overrides: Constructor arguments that replace the config's (``out_indices`` or
+                ``out_features`` replace its selection).
+
+        Returns:
+            ConvNeXtV2: The equivalent backbone.
+
+        Raises:
+            ValueError: A config field we cannot honour, named with its value.
+        """
+        kwargs = hf_arch_kwargs(config)
+        if 'out_features' not in overrides and 'out_indices' not in overrides:
+            kwargs['out_features'] = hf_out_features_of(config)
+        return cls(**{**kwargs, **overrides})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return a tuple of NCHW feature maps, one per selected stage, in stage order."""
@@ -119,7 +163,7 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         # RoIAlign, index their input as contiguous NCHW and silently read channels-last tensors wrong.
         layout = memory_layout(x)
         outs = []
-        for name, feature in self.iter_stages(x, last=self._last_stage):
+        for name, feature in self.iter_stages(x):
             if name in self.out_norms:
                 outs.append(self.out_norms[name](feature).contiguous(memory_format=layout))
         return tuple(outs)
@@ -133,12 +177,13 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         self._freeze()
 
     def frozen_modules(self) -> list[nn.Module]:
-        """The stem, stages 1..k, their downsamplers and their output norms, for ``frozen_stages=k``."""
+        """The stem, stages 1..k, their downsamplers and their output norms, for ``frozen_stages=k``
+        (those that are built)."""
         if self.frozen_stages < 0:
             return []
-        names = STAGE_NAMES[:self.frozen_stages + 1]
+        names = self.stage_names[:self.frozen_stages + 1]
         modules: list[nn.Module] = [self.downsample_layers[0]]
-        for k in range(1, self.frozen_stages + 1):
+        for k in range(1, min(self.frozen_stages, self.num_built_stages) + 1):
             if k > 1:
                 modules.append(self.downsample_layers[k - 1])
             modules.append(self.stages[k - 1])

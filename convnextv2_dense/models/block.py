@@ -1,6 +1,7 @@
 """The ConvNeXt V2 block (Woo et al., 2023, Fig. 5).
 
-dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU -> GRN -> Linear 4C->C -> residual with drop path.
+dwconv 7x7 -> LayerNorm -> Linear C->4C -> GELU (or another activation) -> GRN -> Linear 4C->C -> residual
+with drop path.
 Parameter names follow the official release (``dwconv``, ``norm``, ``pwconv1``, ``grn``, ``pwconv2``).
 """
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .activations import build_activation
 from .fused import fused_forward, use_fused
 from .layers import GRN, DropPath
 
@@ -18,9 +20,11 @@ class Block(nn.Module):
     Args:
         dim (int): Channels in and out.
         drop_path (float): Stochastic-depth probability of the residual branch. Defaults to 0.
+        act (str): The activation, by HF ``hidden_act`` name (see
+            :data:`~.activations.ACTIVATIONS`). Defaults to ``'gelu'``.
     """
 
-    def __init__(self, dim: int, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, drop_path: float = 0.0, act: str = 'gelu') -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
         # Blocks run channels-last (every LayerNorm before them leaves that layout), so the kernel's gradient
@@ -30,14 +34,16 @@ class Block(nn.Module):
         self.dwconv.to(memory_format=torch.channels_last)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
+        self.act = build_activation(act)
+        self.act_name = act
         self.grn = GRN(4 * dim)
         self.pwconv2 = nn.Linear(4 * dim, dim)
         self.drop_path = DropPath(drop_path)
         self.fused_block: bool | None = None  # see convnextv2_dense.models.fused (set by the backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(self.fused_block, self.training, x):
+        # The fused kernels compute the exact (erf) GELU; any other activation takes the plain path.
+        if self.act_name == 'gelu' and use_fused(self.fused_block, self.training, x):
             return x + self.drop_path(fused_forward(self, x))
         y = self.dwconv(x).permute(0, 2, 3, 1)
         y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y)))))

@@ -8,12 +8,13 @@ Typical use::
     print(model.load_report)
     save_checkpoint(model, 'tiny.safetensors')
 """
-from .formats import FORMAT_NAMES, FORMATS, KeyFormat, Rule, detect_format, to_canonical
+from .arch import describe_arch, infer_arch
+from .formats import FORMAT_NAMES, FORMATS, KeyFormat, Rule, canonical_key, detect_format, to_canonical
 from .io import CheckpointError, RawCheckpoint, cache_dir, download, read_checkpoint
-from .loading import (CanonicalCheckpoint, LoadReport, describe_arch, infer_arch, load_canonical,
-                      load_pretrained, load_weights, read_canonical, save_checkpoint, save_state_dict)
+from .loading import (CanonicalCheckpoint, LoadReport, load_canonical, load_pretrained, load_weights,
+                      read_canonical, save_checkpoint, save_state_dict)
 
 __all__ = ['CanonicalCheckpoint', 'CheckpointError', 'FORMATS', 'FORMAT_NAMES', 'KeyFormat', 'LoadReport',
-           'RawCheckpoint', 'Rule', 'cache_dir', 'describe_arch', 'detect_format', 'download', 'infer_arch',
-           'load_canonical', 'load_pretrained', 'load_weights', 'read_canonical', 'read_checkpoint',
+           'RawCheckpoint', 'Rule', 'cache_dir', 'canonical_key', 'describe_arch', 'detect_format', 'download',
+           'infer_arch', 'load_canonical', 'load_pretrained', 'load_weights', 'read_canonical', 'read_checkpoint',
            'save_checkpoint', 'save_state_dict', 'to_canonical']

@@ -131,10 +131,10 @@ BLOCK_PARTS = r'(dwconv|norm|pwconv1|pwconv2)'
 def _canonical_rules(prefix: str = '', *, backbone_only: bool = False) -> tuple[Rule, ...]:
     """Identity rules for our own keys under ``prefix`` (GRN flattened, so 4-D official GRN fits)."""
     rules = [
-        Rule(rf'{prefix}downsample_layers\.([0-3])\.([01])\.{WB}', r'downsample_layers.\1.\2.\3'),
-        Rule(rf'{prefix}stages\.([0-3])\.(\d+)\.{BLOCK_PARTS}\.{WB}', r'stages.\1.\2.\3.\4'),
-        Rule(rf'{prefix}stages\.([0-3])\.(\d+)\.grn\.(gamma|beta)', r'stages.\1.\2.grn.\3', flatten_affine),
-        Rule(rf'{prefix}out_norms\.(stem|stage[1-4])\.{WB}', r'out_norms.\1.\2'),
+        Rule(rf'{prefix}downsample_layers\.(\d+)\.([01])\.{WB}', r'downsample_layers.\1.\2.\3'),
+        Rule(rf'{prefix}stages\.(\d+)\.(\d+)\.{BLOCK_PARTS}\.{WB}', r'stages.\1.\2.\3.\4'),
+        Rule(rf'{prefix}stages\.(\d+)\.(\d+)\.grn\.(gamma|beta)', r'stages.\1.\2.grn.\3', flatten_affine),
+        Rule(rf'{prefix}out_norms\.(stem|stage[1-9]\d*)\.{WB}', r'out_norms.\1.\2'),
     ]
     if not backbone_only:
         rules.append(Rule(rf'{prefix}(norm|head)\.{WB}', r'\1.\2'))
@@ -142,24 +142,24 @@ def _canonical_rules(prefix: str = '', *, backbone_only: bool = False) -> tuple[
 
 
 HF = r'(?:convnextv2\.)?'  # the base-model prefix of ConvNextV2ForImageClassification
-HF_LAYER = rf'{HF}encoder\.stages\.([0-3])\.layers\.(\d+)'
+HF_LAYER = rf'{HF}encoder\.stages\.(\d+)\.layers\.(\d+)'
 HF_RULES = (
     Rule(rf'{HF}embeddings\.patch_embeddings\.{WB}', r'downsample_layers.0.0.\1'),
     Rule(rf'{HF}embeddings\.layernorm\.{WB}', r'downsample_layers.0.1.\1'),
-    Rule(rf'{HF}encoder\.stages\.([1-3])\.downsampling_layer\.([01])\.{WB}', r'downsample_layers.\1.\2.\3'),
+    Rule(rf'{HF}encoder\.stages\.([1-9]\d*)\.downsampling_layer\.([01])\.{WB}', r'downsample_layers.\1.\2.\3'),
     Rule(rf'{HF_LAYER}\.(dwconv|pwconv1|pwconv2)\.{WB}', r'stages.\1.\2.\3.\4'),
     Rule(rf'{HF_LAYER}\.layernorm\.{WB}', r'stages.\1.\2.norm.\3'),
     Rule(rf'{HF_LAYER}\.grn\.weight', r'stages.\1.\2.grn.gamma', flatten_affine),
     Rule(rf'{HF_LAYER}\.grn\.bias', r'stages.\1.\2.grn.beta', flatten_affine),
     Rule(rf'{HF}layernorm\.{WB}', r'norm.\1'),
     Rule(rf'classifier\.{WB}', r'head.\1'),
-    Rule(rf'hidden_states_norms\.(stem|stage[1-4])\.{WB}', r'out_norms.\1.\2'),
+    Rule(rf'hidden_states_norms\.(stem|stage[1-9]\d*)\.{WB}', r'out_norms.\1.\2'),
 )
 
-TIMM_BLOCK = r'stages\.([0-3])\.blocks\.(\d+)'
+TIMM_BLOCK = r'stages\.(\d+)\.blocks\.(\d+)'
 TIMM_RULES = (
     Rule(rf'stem\.([01])\.{WB}', r'downsample_layers.0.\1.\2'),
-    Rule(rf'stages\.([1-3])\.downsample\.([01])\.{WB}', r'downsample_layers.\1.\2.\3'),
+    Rule(rf'stages\.([1-9]\d*)\.downsample\.([01])\.{WB}', r'downsample_layers.\1.\2.\3'),
     Rule(rf'{TIMM_BLOCK}\.conv_dw\.{WB}', r'stages.\1.\2.dwconv.\3'),
     Rule(rf'{TIMM_BLOCK}\.norm\.{WB}', r'stages.\1.\2.norm.\3'),
     Rule(rf'{TIMM_BLOCK}\.mlp\.fc1\.weight', r'stages.\1.\2.pwconv1.weight', squeeze_1x1),
@@ -307,3 +307,19 @@ def to_canonical(state_dict: Mapping[str, torch.Tensor], fmt: KeyFormat | str | 
         raise CheckpointError(f'{where}: unexpected keys for the {fmt.name} format ({fmt.title}): '
                               f'{abbreviate(unmapped)}')
     return Converted(fmt, out, tuple(dropped))
+
+
+def canonical_key(key: str, fmt: KeyFormat | str) -> str | None:
+    """The canonical name of one key of format ``fmt`` (no tensor needed), or None if no rule maps it.
+
+    With :func:`~convnextv2_dense.models.naming.parse_param_name` this tells where a parameter of another
+    implementation sits, e.g. ``canonical_key('encoder.stages.2.layers.4.pwconv1.weight', 'hf')``.
+    """
+    if isinstance(fmt, str):
+        if fmt not in FORMAT_NAMES:
+            raise ValueError(f'unknown checkpoint format {fmt!r}; known formats: {", ".join(FORMAT_NAMES)}')
+        fmt = FORMATS[FORMAT_NAMES.index(fmt)]
+    for rule in fmt.rules:
+        if match := re.fullmatch(rule.pattern, key):
+            return match.expand(rule.replacement)
+    return None

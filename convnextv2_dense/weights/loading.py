@@ -1,15 +1,15 @@
 """Strict loading of any supported checkpoint into our models, the load report, and saving ours.
 
-A key that is missing, unexpected or of the wrong shape is an error that names it. The only keys a
-checkpoint may lack are a backbone's output norms, which are fresh LayerNorms in every classification
-checkpoint; a missing GRN tensor would leave a silent identity and is refused like any other key.
+A key that is missing, unexpected or of the wrong shape is an error that names it. What a checkpoint
+may lack, and what of it may stay unused, is what the model declares (its ``load_policy()``: a
+backbone's fresh output norms; a classifier's head, or the stages a backbone does not build); a missing
+GRN tensor would leave a silent identity and is refused like any other key.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +19,14 @@ import torch
 from torch import nn
 
 from ..models.archs import ArchSpec, arch_name, resolve_arch
+from ..models.hf_config import hf_arch_kwargs, hf_head_norm_eps
+from ..models.load_policy import LoadPolicy
+from .arch import check_declared_arch, covers_built_stages, describe_arch, infer_arch, stage_depths
 from .formats import to_canonical
 from .io import META_KEY, CheckpointError, RawCheckpoint, abbreviate, read_checkpoint
 
 M = TypeVar('M', bound=nn.Module)
 FORMAT_VERSION = 1
-_STAGE_KEY = re.compile(r'stages\.([0-3])\.(\d+)\.')
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class LoadReport:
             (a backbone's output norms).
         ignored (tuple[str, ...]): Checkpoint keys not used: parts the model does not have (a
             classifier's head when loading a backbone) or that are not part of the network.
+        skipped (tuple[str, ...]): Checkpoint keys of the stages (and their downsamplers) that the
+            model does not build, because it returns no later stage.
     """
 
     format: str
@@ -48,6 +52,7 @@ class LoadReport:
     loaded: tuple[str, ...]
     new: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         lines = [f'Loaded {len(self.loaded)} tensors of a ConvNeXt V2-{self.arch} from {self.source} '
@@ -56,6 +61,8 @@ class LoadReport:
             lines.append(f'  new (freshly initialised, not in the checkpoint): {abbreviate(self.new)}')
         if self.ignored:
             lines.append(f'  ignored (in the checkpoint, not used by this model): {abbreviate(self.ignored)}')
+        if self.skipped:
+            lines.append(f'  unused (stages this backbone does not build): {abbreviate(self.skipped)}')
         return '\n'.join(lines)
 
 
@@ -69,8 +76,10 @@ class CanonicalCheckpoint:
         format (str): The detected format's name.
         source (str): What was read.
         dropped (tuple[str, ...]): Source keys that are not part of the network.
-        hints (dict): Constructor arguments the source records (``head_norm_eps`` from an HF
-            ``config.json`` or from our own meta).
+        hints (dict): Constructor arguments the source records (every architecture field of an HF
+            ``config.json``; ``act`` and ``head_norm_eps`` from our own meta).
+        declared (ArchSpec, optional): The arch the source declares (HF ``config.json``, our meta), which
+            may have more stages than the tensors hold. Defaults to None (inferred from the shapes).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -78,10 +87,11 @@ class CanonicalCheckpoint:
     source: str
     dropped: tuple[str, ...]
     hints: dict
+    declared: ArchSpec | None = None
 
     @property
     def arch(self) -> ArchSpec:
-        return infer_arch(self.state_dict, self.source)
+        return infer_arch(self.state_dict, self.source) if self.declared is None else self.declared
 
 
 def read_canonical(source: str | os.PathLike | RawCheckpoint) -> CanonicalCheckpoint:
@@ -96,70 +106,48 @@ def read_canonical(source: str | os.PathLike | RawCheckpoint) -> CanonicalCheckp
     raw = source if isinstance(source, RawCheckpoint) else read_checkpoint(source)
     where = str(raw.files[0].parent if raw.hf_config is not None else raw.files[0])
     converted = to_canonical(raw.state_dict, where=where)
-    hints = {}
-    if raw.hf_config is not None and 'layer_norm_eps' in raw.hf_config:
-        hints['head_norm_eps'] = float(raw.hf_config['layer_norm_eps'])
-    if 'head_norm_eps' in raw.meta:
-        hints['head_norm_eps'] = float(raw.meta['head_norm_eps'])
-    return CanonicalCheckpoint(converted.state_dict, converted.format.name, raw.source, converted.dropped, hints)
-
-
-def infer_arch(state_dict: Mapping[str, torch.Tensor], where: str = 'checkpoint') -> ArchSpec:
-    """Depths and widths of a canonical state dict, from its keys and shapes.
-
-    Depth of stage i is one more than its largest block index; width is the depthwise conv's channels.
-
-    Args:
-        state_dict (Mapping[str, torch.Tensor]): Tensors under canonical keys.
-        where (str): Names the checkpoint in messages. Defaults to ``'checkpoint'``.
-
-    Raises:
-        CheckpointError: A stage without blocks.
-    """
-    depths = [0, 0, 0, 0]
-    for key in state_dict:
-        if match := _STAGE_KEY.match(key):
-            stage, block = int(match[1]), int(match[2])
-            depths[stage] = max(depths[stage], block + 1)
-    dims = []
-    for i in range(4):
-        dwconv = state_dict.get(f'stages.{i}.0.dwconv.weight')
-        if not depths[i] or dwconv is None:
-            raise CheckpointError(f'{where}: cannot infer the arch, stage {i} has no '
-                                  f'stages.{i}.0.dwconv.weight')
-        dims.append(int(dwconv.shape[0]))
-    return ArchSpec(tuple(depths), tuple(dims))
-
-
-def describe_arch(spec: ArchSpec) -> str:
-    """``'tiny'``, or ``'custom (depths=..., dims=...)'``."""
-    return arch_name(spec) or f'custom (depths={spec.depths}, dims={spec.dims})'
+    hints, declared, by = {}, None, ''
+    if raw.hf_config is not None:
+        by = str(raw.files[0].parent / 'config.json')
+        try:
+            hints = hf_arch_kwargs(raw.hf_config, where=by)
+            hints['head_norm_eps'] = hf_head_norm_eps(raw.hf_config, where=by)
+        except ValueError as err:
+            raise CheckpointError(str(err)) from err
+        declared = ArchSpec(hints.pop('depths'), hints.pop('dims'))
+    if raw.meta:
+        by = 'its meta'
+        hints.update({k: raw.meta[k] for k in ('act', 'head_norm_eps') if k in raw.meta})
+        if 'depths' in raw.meta and 'dims' in raw.meta:
+            declared = ArchSpec(tuple(raw.meta['depths']), tuple(raw.meta['dims']))
+    if declared is not None:
+        check_declared_arch(declared, converted.state_dict, where, by)
+    return CanonicalCheckpoint(converted.state_dict, converted.format.name, raw.source, converted.dropped, hints,
+                               declared)
 
 
 # ------------------------------------------------------------------------------------------- loading
-def _optional_and_ignorable(model: nn.Module, model_keys: set[str],
-                            ckpt_keys: set[str]) -> tuple[set[str], set[str]]:
-    """Model keys allowed to be missing, and checkpoint keys this model does not use."""
-    from ..models.backbone import ConvNeXtV2
-    from ..models.classifier import ConvNeXtV2Classifier
-    if isinstance(model, ConvNeXtV2):
-        optional = {k for k in model_keys if k.startswith('out_norms.')}
-        ignorable = {k for k in ckpt_keys - model_keys
-                     if k.startswith(('norm.', 'head.', 'out_norms.'))}
-    elif isinstance(model, ConvNeXtV2Classifier):
-        optional = set()
-        ignorable = {k for k in ckpt_keys - model_keys if k.startswith('out_norms.')}
-    else:
-        optional, ignorable = set(), set()
-    return optional, ignorable
+def _policy(model: nn.Module) -> LoadPolicy:
+    """The model's declared load policy; a module that declares none gets the strictest."""
+    policy = getattr(model, 'load_policy', None)
+    return policy() if callable(policy) else LoadPolicy()
+
+
+def _check_hints(model: nn.Module, ckpt: CanonicalCheckpoint) -> None:
+    """Refuse what shapes cannot show: a checkpoint recorded with another activation than the model's."""
+    act = ckpt.hints.get('act')
+    if act is not None and getattr(model, 'act', act) != act:
+        raise CheckpointError(f'{ckpt.source} was made with act={act!r} (hidden_act), but the model uses '
+                              f"act={model.act!r}; build it with act={act!r} (from_pretrained does)")
 
 
 def load_canonical(model: nn.Module, ckpt: CanonicalCheckpoint) -> LoadReport:
     """Load a canonical checkpoint into ``model`` strictly and report what happened.
 
     Args:
-        model (nn.Module): A :class:`ConvNeXtV2` or :class:`ConvNeXtV2Classifier` (any module with
-            our key space is loaded with no key allowed missing).
+        model (nn.Module): A :class:`ConvNeXtV2` or :class:`ConvNeXtV2Classifier`, whose
+            ``load_policy()`` says what may be missing or unused (any other module with our key space is
+            loaded with no key allowed missing or unused).
         ckpt (CanonicalCheckpoint): From :func:`read_canonical`.
 
     Raises:
@@ -167,13 +155,22 @@ def load_canonical(model: nn.Module, ckpt: CanonicalCheckpoint) -> LoadReport:
     """
     spec = ckpt.arch
     model_spec = getattr(model, 'arch_spec', None)
-    if model_spec is not None and model_spec != spec:
+    if model_spec is not None and not covers_built_stages(spec, model_spec, getattr(model, 'num_built_stages', None)):
         raise CheckpointError(f'{ckpt.source} holds a ConvNeXt V2-{describe_arch(spec)}, but the model is a '
                               f'ConvNeXt V2-{describe_arch(model_spec)}; build the model with the '
                               "checkpoint's arch (or use from_pretrained, which infers it)")
+    _check_hints(model, ckpt)
+    held, built = len(stage_depths(ckpt.state_dict)), getattr(model, 'num_built_stages', None)
+    if built is not None and held < built:
+        raise CheckpointError(f'{ckpt.source} holds only the first {held} stages of its ConvNeXt V2-'
+                              f'{describe_arch(spec)} (saved by a backbone that returned no later stage), but the '
+                              f'model runs {built}; select stages up to stage{held} (out_indices up to {held - 1})')
     expected = model.state_dict()
     model_keys, ckpt_keys = set(expected), set(ckpt.state_dict)
-    optional, ignorable = _optional_and_ignorable(model, model_keys, ckpt_keys)
+    policy = _policy(model)
+    optional = {k for k in model_keys - ckpt_keys if policy.allows_missing(k)}
+    ignorable = {k for k in ckpt_keys - model_keys if policy.allows_unused(k)}
+    skipped = {k for k in ignorable if policy.is_skipped_stage(k)}
     missing = sorted(model_keys - ckpt_keys - optional)
     unexpected = sorted(ckpt_keys - model_keys - ignorable)
     shapes = sorted(f'{k}: checkpoint {tuple(ckpt.state_dict[k].shape)}, model {tuple(expected[k].shape)}'
@@ -197,7 +194,7 @@ def load_canonical(model: nn.Module, ckpt: CanonicalCheckpoint) -> LoadReport:
     return LoadReport(format=ckpt.format, source=ckpt.source, arch=describe_arch(spec),
                       loaded=tuple(k for k in expected if k in wanted),
                       new=tuple(k for k in expected if k not in wanted),
-                      ignored=tuple(sorted(ignorable)) + ckpt.dropped)
+                      ignored=tuple(sorted(ignorable - skipped)) + ckpt.dropped, skipped=tuple(sorted(skipped)))
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike) -> LoadReport:
@@ -242,8 +239,12 @@ def load_pretrained(cls: type[M], source: str | os.PathLike, **overrides: Any) -
         cls (type): :class:`ConvNeXtV2` or :class:`ConvNeXtV2Classifier` (or a subclass).
         source (str | PathLike): A file, HF transformers folder, URL or HF hub repo id.
         **overrides: Constructor arguments. ``arch`` (or ``depths`` and ``dims``) must agree with the
-            checkpoint. A classifier's ``num_classes`` and ``head_norm_eps`` default to the
-            checkpoint's (HF's pooled-norm ``layer_norm_eps`` is read from ``config.json``).
+            checkpoint. Everything else the checkpoint records is the default: ``in_channels`` and
+            ``patch_size`` (stem shape), a classifier's ``num_classes`` (head shape), and from an HF
+            ``config.json`` every architecture field (``hidden_act``, ``layer_norm_eps`` as a classifier's
+            ``head_norm_eps``, ``drop_path_rate``, ``initializer_range``; see
+            :mod:`convnextv2_dense.models.hf_config`). The stage selection is not read from
+            ``config.json``: pass ``out_indices`` / ``out_features`` (default: every stage).
 
     Returns:
         The loaded model, with its :class:`LoadReport` as ``model.load_report``.
@@ -262,15 +263,16 @@ def load_pretrained(cls: type[M], source: str | os.PathLike, **overrides: Any) -
             given = f'arch={arch!r}' if arch is not None else f'depths={depths}, dims={dims}'
             raise ValueError(f'{given} disagrees with the checkpoint {ckpt.source}, which holds a '
                              f'ConvNeXt V2-{describe_arch(spec)}; leave the arch out to infer it')
-    stem = ckpt.state_dict.get('downsample_layers.0.0.weight')
-    if stem is not None and 'in_channels' not in kwargs and stem.shape[1] != 3:
-        kwargs['in_channels'] = int(stem.shape[1])
-    head = ckpt.state_dict.get('head.weight')
-    if head is not None and 'num_classes' not in kwargs and _accepts(cls, 'num_classes'):
-        kwargs['num_classes'] = int(head.shape[0])
     for name, value in ckpt.hints.items():
         if name not in kwargs and _accepts(cls, name):
             kwargs[name] = value
+    stem = ckpt.state_dict.get('downsample_layers.0.0.weight')
+    if stem is not None and stem.ndim == 4:  # what the shapes say, where no override or config said it
+        kwargs.setdefault('in_channels', int(stem.shape[1]))
+        kwargs.setdefault('patch_size', int(stem.shape[-1]))
+    head = ckpt.state_dict.get('head.weight')
+    if head is not None and 'num_classes' not in kwargs and _accepts(cls, 'num_classes'):
+        kwargs['num_classes'] = int(head.shape[0])
     model = _build_for_loading(cls, depths=spec.depths, dims=spec.dims, **kwargs)
     model.load_report = load_canonical(model, ckpt)
     return model
@@ -286,16 +288,22 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
         path (str | PathLike): ``*.safetensors`` (meta as JSON in the metadata), or anything else for
             ``torch.save`` of ``{'state_dict': ..., 'meta': ...}`` (plain tensors and dicts only, so
             ``torch.load(weights_only=True)`` reads it).
-        meta (Mapping, optional): Extra entries for the meta dict. Defaults to None.
+        meta (Mapping, optional): Extra entries for the meta dict; ``depths`` and ``dims`` there
+            declare the arch (else it is inferred from the tensors). Defaults to None.
 
     Returns:
         Path: The written file.
     """
     path = Path(path)
     tensors = {k: v.detach().to('cpu').contiguous().clone() for k, v in state_dict.items()}
-    spec = infer_arch(tensors, str(path))
+    meta = dict(meta or {})
+    if 'depths' in meta and 'dims' in meta:  # declared (a backbone may hold only its first stages)
+        spec = ArchSpec(tuple(meta['depths']), tuple(meta['dims']))
+        check_declared_arch(spec, tensors, str(path), 'the meta given')
+    else:
+        spec = infer_arch(tensors, str(path))
     info = {'format': META_KEY, 'version': FORMAT_VERSION, 'arch': arch_name(spec),
-            'depths': list(spec.depths), 'dims': list(spec.dims), **(meta or {})}
+            'depths': list(spec.depths), 'dims': list(spec.dims), **meta}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == '.safetensors':
         from safetensors.torch import save_file
@@ -320,4 +328,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: Mapping[str
     norm = getattr(model, 'norm', None)
     if isinstance(norm, nn.LayerNorm):
         info.setdefault('head_norm_eps', norm.eps)
+    spec = getattr(model, 'arch_spec', None)
+    if spec is not None:  # a backbone that builds only its first stages still declares its whole arch
+        info.setdefault('depths', list(spec.depths))
+        info.setdefault('dims', list(spec.dims))
+    if isinstance(getattr(model, 'act', None), str):
+        info.setdefault('act', model.act)
     return save_state_dict(model.state_dict(), path, info)

@@ -211,3 +211,42 @@ def test_compile_gives_the_same_features_and_gradients():
 def test_compile_must_be_bool_or_dict():
     with pytest.raises(ValueError, match='compile must be a bool or a dict'):
         ConvNeXtV2('atto', compile='yes')
+
+
+# ------------------------------------------------------------------------- HF's knobs, any stage count
+@pytest.mark.parametrize('depths, dims, patch_size', [((1, 1, 1), (8, 16, 24), 4), ((1,) * 5, (8,) * 5, 2),
+                                                      ((2,), (8,), 3)])
+def test_any_number_of_stages_and_patch_size(depths, dims, patch_size):
+    model = ConvNeXtV2(depths=depths, dims=dims, patch_size=patch_size, out_features=['stem', f'stage{len(depths)}'])
+    size = (patch_size * 2 ** (len(depths) - 1) * 3 + 1, patch_size * 2 ** (len(depths) - 1) * 2 + 1)
+    outs = model(torch.randn(1, 3, *size))
+    assert model.stage_names == ('stem', *(f'stage{i + 1}' for i in range(len(depths))))
+    assert model.strides == (patch_size, patch_size * 2 ** (len(depths) - 1))
+    for out, channels, stride in zip(outs, model.out_channels, model.strides, strict=True):
+        assert tuple(out.shape[1:]) == (channels, size[0] // stride, size[1] // stride)
+
+
+def test_stages_after_the_last_selected_are_not_built():
+    model = ConvNeXtV2('atto', out_indices=(0, 2))
+    assert len(model.stages) == 3 and len(model.downsample_layers) == 3
+    assert model.arch == 'atto' and model.depths == (2, 2, 6, 2)  # the arch stays the whole arch
+    stem_only = ConvNeXtV2('atto', out_features=['stem'], frozen_stages=4)
+    assert len(stem_only.stages) == 0 and not any(p.requires_grad for p in stem_only.parameters())
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(act='gelu_10'), "unsupported activation \\(hidden_act\\) 'gelu_10'; supported: gelu, .*, relu"),
+    (dict(patch_size=0), 'patch_size must be a positive integer, got 0'),
+    (dict(in_channels=True), 'in_channels must be a positive integer, got True'),
+    (dict(init_std=0), 'init_std must be a positive number, got 0'),
+    (dict(depths=(1, 1, 1), dims=(8, 16)), 'one entry per stage'),
+    (dict(depths=(), dims=()), 'non-empty tuple of positive integers'),
+])
+def test_bad_knobs_are_named_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConvNeXtV2(**kwargs)
+
+
+def test_activation_is_used_in_every_block():
+    model = ConvNeXtV2(depths=(1, 2), dims=(8, 16), act='relu')
+    assert {type(b.act) for stage in model.stages for b in stage} == {torch.nn.ReLU}

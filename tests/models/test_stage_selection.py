@@ -2,7 +2,7 @@
 import pytest
 
 from convnextv2_dense import ConvNeXtV2
-from convnextv2_dense.models.stage_selection import select_stages
+from convnextv2_dense.models.stage_selection import hf_out_features, select_stages, stage_names
 
 
 def test_default_is_all_four_stages():
@@ -98,3 +98,40 @@ def test_callers_lists_are_never_changed():
 def test_backbone_raises_the_same_errors():
     with pytest.raises(ValueError, match='out_indices'):
         ConvNeXtV2('atto', out_indices=(0, 4))
+
+
+# --------------------------------------------------------------------- any number of stages
+THREE = ('stem', 'stage1', 'stage2', 'stage3')
+
+
+def test_stage_names_follow_the_number_of_stages():
+    assert stage_names(3) == THREE and stage_names(1) == ('stem', 'stage1')
+    with pytest.raises(ValueError, match='num_stages must be a positive integer, got 0'):
+        stage_names(0)
+
+
+def test_rules_are_functions_of_the_stage_names():
+    assert select_stages(names=THREE) == ('stage1', 'stage2', 'stage3')
+    assert select_stages(out_indices=(-1,), names=THREE) == ('stage3',)
+    with pytest.raises(ValueError, match=r'integers in \[-3, 2\] \(0 = stage1, -1 = stage3\)'):
+        select_stages(out_indices=(3,), names=THREE)
+    with pytest.raises(ValueError, match=r"subset of \['stem', 'stage1', 'stage2', 'stage3'\]"):
+        select_stages(out_features=['stage4'], names=THREE)
+
+
+def test_a_three_stage_backbone_selects_among_its_own_stages():
+    model = ConvNeXtV2(depths=(1, 1, 1), dims=(8, 16, 24), out_indices=(-1,))
+    assert model.out_features == ('stage3',) and model.out_indices == (2,) and model.strides == (16,)
+    with pytest.raises(ValueError, match=r'integers in \[-3, 2\]'):
+        ConvNeXtV2(depths=(1, 1, 1), dims=(8, 16, 24), out_indices=(3,))
+
+
+@pytest.mark.parametrize('hf_indices, names', [([0, 2], ['stem', 'stage2']), ([-1], ['stage3']),
+                                               ([1, -2], ['stage1', 'stage2'])])
+def test_hf_out_indices_count_the_stem_as_zero(hf_indices, names):
+    assert hf_out_features(hf_indices, THREE) == names
+
+
+def test_hf_out_indices_out_of_range():
+    with pytest.raises(ValueError, match=r'HF out_indices must be integers in \[-4, 3\] \(HF convention: 0 = stem'):
+        hf_out_features([4], THREE)

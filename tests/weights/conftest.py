@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from convnextv2_dense.models import ConvNeXtV2, ConvNeXtV2Classifier
+from convnextv2_dense.models import ARCHS, ConvNeXtV2, ConvNeXtV2Classifier
 
 ALL_STAGES = ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
 
@@ -178,11 +178,18 @@ def to_hf(sd: dict, kind: str) -> dict:
     return out
 
 
-def write_hf_folder(folder: Path, tensors: dict, layer_norm_eps: float = 1e-12) -> Path:
+def hf_config(arch: str = 'atto', **fields) -> dict:
+    """The architecture fields an HF ``config.json`` of ``arch`` holds (HF writes them all)."""
+    spec = ARCHS[arch]
+    return {'model_type': 'convnextv2', 'depths': list(spec.depths), 'hidden_sizes': list(spec.dims),
+            'num_stages': len(spec.depths), **fields}
+
+
+def write_hf_folder(folder: Path, tensors: dict, layer_norm_eps: float = 1e-12, arch: str = 'atto') -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / 'model.safetensors'),
               metadata={'format': 'pt'})
-    (folder / 'config.json').write_text(json.dumps({'model_type': 'convnextv2', 'layer_norm_eps': layer_norm_eps}))
+    (folder / 'config.json').write_text(json.dumps(hf_config(arch, layer_norm_eps=layer_norm_eps)))
     return folder
 
 
@@ -201,7 +208,8 @@ def to_openmmlab(sd: dict) -> dict:
 @pytest.fixture(scope='session')
 def writers() -> SimpleNamespace:
     return SimpleNamespace(official=to_official, fcmae=to_fcmae, timm=to_timm, mmpretrain=to_mmpretrain,
-                           hf=to_hf, hf_folder=write_hf_folder, openmmlab=to_openmmlab, randomize=randomize)
+                           hf=to_hf, hf_folder=write_hf_folder, hf_config=hf_config, openmmlab=to_openmmlab,
+                           randomize=randomize)
 
 
 @pytest.fixture(scope='session')

@@ -68,7 +68,7 @@ def test_sharded_hf_folder(tmp_path, writers, atto_classifier):
         save_file({k: tensors[k].contiguous() for k in part}, str(tmp_path / name))
     weight_map = {k: name for name, part in shards.items() for k in part}
     (tmp_path / 'model.safetensors.index.json').write_text(json.dumps({'weight_map': weight_map}))
-    (tmp_path / 'config.json').write_text(json.dumps({'layer_norm_eps': 1e-12}))
+    (tmp_path / 'config.json').write_text(json.dumps(writers.hf_config('atto', layer_norm_eps=1e-12)))
     model = ConvNeXtV2Classifier.from_pretrained(tmp_path)
     assert model.load_report.format == 'hf' and len(model.load_report.loaded) == len(keys)
 
