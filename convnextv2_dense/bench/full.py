@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -24,7 +22,6 @@ from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_mem
                      status_of)
 
 HF_BACKBONE_TYPE = 'BenchmarkHFConvNextV2Backbone'  # registered only while a full benchmark runs
-HF_CONSTRUCTOR_TYPE = 'BenchmarkHFLayerDecayOptimizerConstructor'
 
 
 
@@ -64,34 +61,6 @@ class FullSettings:
         if min(self.iters, self.warmup) < 1 or self.profile < 0:
             raise ValueError(f'iters and warmup must be >= 1 and profile >= 0, got {self.iters}, {self.warmup}, '
                              f'{self.profile}')
-
-
-# HF parameter names (under the wrapper's `hf.`) -> ours, for the layer-decay groups; the rest is the head.
-_HF_NAMES = ((re.compile(r'^backbone\.hf\.embeddings\.'), 'backbone.downsample_layers.0.'),
-             (re.compile(r'^backbone\.hf\.encoder\.stages\.(\d+)\.downsampling_layer\.'),
-              r'backbone.downsample_layers.\1.'),
-             (re.compile(r'^backbone\.hf\.encoder\.stages\.(\d+)\.layers\.(\d+)\.'), r'backbone.stages.\1.\2.'),
-             (re.compile(r'^backbone\.hf\.'), 'backbone.'))
-
-
-def _hf_layer_decay_constructor() -> type:
-    """Our layer-decay constructor for a model with :class:`HFBackbone`: HF names read as ours, so both
-    backbones get the same param groups and learning rates."""
-    from ..mm.optimizer import ConvNeXtV2LayerDecayOptimizerConstructor
-
-    def ours(name: str) -> str:
-        for pattern, replacement in _HF_NAMES:
-            name, found = pattern.subn(replacement, name)
-            if found:
-                break
-        return name
-
-    class HFLayerDecayConstructor(ConvNeXtV2LayerDecayOptimizerConstructor):
-        def add_params(self, params: list[dict], module: nn.Module, **kwargs) -> None:
-            view = SimpleNamespace(backbone=SimpleNamespace(depths=module.backbone.depths, downsample_layers=None),
-                                   named_parameters=lambda: ((ours(n), p) for n, p in module.named_parameters()))
-            super().add_params(params, view, **kwargs)
-    return HFLayerDecayConstructor
 
 
 def stock_components(cfg: Any) -> Any:
@@ -165,8 +134,6 @@ def _build(row: Row, cfg: Any, registry: Any, device: torch.device) -> tuple[nn.
         keep = {k: v for k, v in model_cfg.backbone.items() if k in ('arch', 'depths', 'dims', 'out_indices',
                                                                       'drop_path_rate')}
         model_cfg.backbone = dict(type=HF_BACKBONE_TYPE, **keep)
-        if optim_cfg.get('constructor') == 'ConvNeXtV2LayerDecayOptimizerConstructor':
-            optim_cfg.constructor = HF_CONSTRUCTOR_TYPE
     torch.manual_seed(0)
     model = registry.MODELS.build(model_cfg)
     model.init_weights()
@@ -209,8 +176,6 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
     if 'hf' in s.backbone_impls:
         registry.MODELS.register_module(HF_BACKBONE_TYPE, module=HFBackbone, force=True)
-        registry.OPTIM_WRAPPER_CONSTRUCTORS.register_module(
-            HF_CONSTRUCTOR_TYPE, module=_hf_layer_decay_constructor(), force=True)
     crop = cfg.get('crop_size', (512, 512))
     size = s.img_size or (crop[0] if task == 'seg' else 1024)
     n = s.img_per_gpu or (2 if task == 'seg' else 4)

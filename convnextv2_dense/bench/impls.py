@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models import ConvNeXtV2, resolve_arch, select_stages
 from ..models.backbone import memory_layout
+from ..models.naming import ParamPosition, parse_param_name
 from ..models.stage_selection import INDEXED_STAGES
 
 # ours: the default (fused block in training on CUDA where Triton is installed and the shape pays);
@@ -49,6 +50,12 @@ class HFBackbone(nn.Module):
         self.out_channels = tuple(dict(zip(INDEXED_STAGES, spec.dims))[name] for name in names)
         self.hf = ConvNextV2Backbone(ConvNextV2Config(depths=list(spec.depths), hidden_sizes=list(spec.dims),
                                                       drop_path_rate=drop_path_rate, out_features=list(names)))
+
+    def param_position(self, name: str) -> ParamPosition | None:
+        """Where HF's parameter ``name`` sits in ConvNeXt V2 terms, so our layer-decay constructor gives this
+        backbone the same param groups and learning rates as ours."""
+        from ..weights.formats import canonical_key  # bench sits above weights; the models room does not
+        return parse_param_name(canonical_key(name.removeprefix('hf.'), 'hf') or '')
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # HF's maps come out channels-last-strided whatever the input; mmcv's RoIAlign would misread them.
