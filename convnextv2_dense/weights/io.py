@@ -69,8 +69,9 @@ def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
     Args:
         source (str | PathLike): A checkpoint file (``.safetensors``, anything ``torch.save`` wrote, or
             an HF TensorFlow ``tf_model.h5``), an HF transformers folder (``config.json`` and
-            ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5``, possibly sharded), an http(s) URL (downloaded once into
-            :func:`cache_dir`), or an HF hub repo id such as ``facebook/convnextv2-tiny-1k-224``.
+            ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5``, possibly sharded), an http(s)
+            URL (downloaded once into :func:`cache_dir`), or an HF hub repo id such as
+            ``facebook/convnextv2-tiny-1k-224``.
 
     Returns:
         RawCheckpoint: The unwrapped tensors and where they came from.
