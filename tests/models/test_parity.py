@@ -17,7 +17,8 @@ from convnextv2_dense.models import ARCHS, ConvNeXtV2, ConvNeXtV2Classifier  # n
 
 ALL_STAGES = ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
 RTOL = 1e-4
-SMALLER_THAN_HUGE = [name for name in ARCHS if name != 'huge']
+SMALLER_THAN_HUGE = [pytest.param(name, marks=pytest.mark.slow) if name == 'large' else name  # ~15 s each on a CPU
+                     for name in ARCHS if name != 'huge']
 
 
 def hf_config(arch: str, **kwargs) -> ConvNextV2Config:
