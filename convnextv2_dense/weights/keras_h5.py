@@ -49,6 +49,34 @@ def _tensor(dataset: Any, where: str) -> torch.Tensor:
     return torch.as_tensor(dataset[()])
 
 
+def _read_layers(f: Any, path: Path, dataset_type: type) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """The top-level layers named in ``layer_names`` and the tensors they hold."""
+    layers = _text_list(f, 'layer_names')
+    if layers is None:
+        raise CheckpointError(f'{path} is an HDF5 file without a "layer_names" attribute: not weights '
+                              'written by Keras 2 save_weights or HF save_pretrained (Keras 3 '
+                              '.weights.h5 files are not supported)')
+    out: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        if layer not in f:
+            raise CheckpointError(f'{path}: layer {layer!r} is listed in "layer_names" but absent')
+        node = f[layer]
+        if isinstance(node, dataset_type):  # an HF shard: datasets named without the model's name
+            items = [(layer, node)]
+        else:
+            names = _text_list(node, 'weight_names') or []
+            absent = [n for n in names if n not in node]
+            if absent:
+                raise CheckpointError(f'{path}: layer {layer!r} lists weights it does not hold: '
+                                      f'{abbreviate(absent)}')
+            items = [(n.split('/', 1)[1] if '/' in n else n, node[n]) for n in names]
+        for key, dataset in items:
+            if key in out:
+                raise CheckpointError(f'{path}: two weights are named {key!r}')
+            out[key] = _tensor(dataset, f'{path}: {key!r}')
+    return layers, out
+
+
 def read_keras_h5(path: str | Path) -> dict[str, torch.Tensor]:
     """Read the weights of a Keras 2 / HF transformers TF ``.h5`` file.
 
@@ -70,33 +98,10 @@ def read_keras_h5(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f'{path} is an HDF5 file (Keras / HF TensorFlow weights); reading it needs '
                               'h5py: pip install h5py') from err
     try:
-        handle = h5py.File(path, 'r')
-    except OSError as err:
+        with h5py.File(path, 'r') as f:
+            layers, out = _read_layers(f, path, h5py.Dataset)
+    except OSError as err:  # h5py's error for a truncated or corrupt file, at open or at a read
         raise CheckpointError(f'{path} is not a readable HDF5 file (truncated or corrupt?): {err}') from err
-    out: dict[str, torch.Tensor] = {}
-    with handle as f:
-        layers = _text_list(f, 'layer_names')
-        if layers is None:
-            raise CheckpointError(f'{path} is an HDF5 file without a "layer_names" attribute: not weights '
-                                  'written by Keras 2 save_weights or HF save_pretrained (Keras 3 '
-                                  '.weights.h5 files are not supported)')
-        for layer in layers:
-            if layer not in f:
-                raise CheckpointError(f'{path}: layer {layer!r} is listed in "layer_names" but absent')
-            node = f[layer]
-            if isinstance(node, h5py.Dataset):  # an HF shard: datasets named without the model's name
-                items = [(layer, node)]
-            else:
-                names = _text_list(node, 'weight_names') or []
-                absent = [n for n in names if n not in node]
-                if absent:
-                    raise CheckpointError(f'{path}: layer {layer!r} lists weights it does not hold: '
-                                          f'{abbreviate(absent)}')
-                items = [(n.split('/', 1)[1] if '/' in n else n, node[n]) for n in names]
-            for key, dataset in items:
-                if key in out:
-                    raise CheckpointError(f'{path}: two weights are named {key!r}')
-                out[key] = _tensor(dataset, f'{path}: {key!r}')
     if not out:
         raise CheckpointError(f'{path} holds no weights (its "layer_names" is {layers})')
     return out

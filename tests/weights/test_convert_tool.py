@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from convnextv2_dense.models import STAGE_NAMES, ConvNeXtV2, ConvNeXtV2Classifier
-from convnextv2_dense.weights import read_checkpoint
-from convnextv2_dense.weights.hf_export import save_hf_pretrained
+from convnextv2_dense.weights import read_checkpoint, save_hf_pretrained
 
 TOOL = 'tools/convert_checkpoint.py'
 
