@@ -5,7 +5,6 @@ A smoke test of the tool, not a timed test: no assertion on any speed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
