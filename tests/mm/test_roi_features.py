@@ -10,6 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip('mmdet')
+import convnextv2_dense  # noqa: E402,F401 - registers ConvNeXtV2 in mmdet's MODELS (the test must not rely on order)
 
 
 DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason='no GPU'))]
