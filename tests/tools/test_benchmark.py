@@ -9,6 +9,7 @@ import json
 import pytest
 
 pytest.importorskip('transformers')
+pytestmark = pytest.mark.slow  # a minute or more per table on a CPU
 
 
 def test_backbone_table_on_cpu(tmp_path, capsys, load_tool):
