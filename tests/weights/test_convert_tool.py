@@ -154,3 +154,17 @@ def test_hf_config_matches_transformers_own(tmp_path, atto_classifier):
         if key in ('id2label', 'label2id'):
             continue
         assert theirs[key] == value, key
+
+
+@torch.no_grad()
+def test_tf_h5_to_hf_pytorch_folder(tmp_path, writers, atto_classifier, image, run_tool):
+    """HF's TensorFlow weights become an HF PyTorch folder, without TensorFlow."""
+    pytest.importorskip('h5py')
+    src = writers.keras_h5(tmp_path / 'tf_model.h5', writers.hf_tf(atto_classifier.state_dict(), 'classifier'),
+                           'classifier')
+    result = run_tool(TOOL, src, tmp_path / 'hf', '--to', 'hf', check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'format detected: hf-tf' in result.stdout
+    assert 'HF class: ConvNextV2ForImageClassification' in result.stdout
+    hf = hf_load('ConvNextV2ForImageClassification', tmp_path / 'hf')
+    assert_close(atto_classifier(image), hf(pixel_values=image).logits)
