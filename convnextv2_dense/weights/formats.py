@@ -73,6 +73,24 @@ def sparse_depthwise_kernel(t: torch.Tensor) -> torch.Tensor:
     return t.permute(1, 0).reshape(channels, 1, k, k).transpose(2, 3).contiguous()
 
 
+def hwio_to_oihw(t: torch.Tensor) -> torch.Tensor:
+    """TF Conv2D kernel (kh, kw, in / groups, out) -> conv weight (out, in / groups, kh, kw).
+
+    The depthwise convs of HF's TF model are ``Conv2D(groups=C)``, whose kernel is (7, 7, 1, C); the same
+    permutation gives the depthwise weight (C, 1, 7, 7).
+    """
+    if t.ndim != 4:
+        raise ValueError(f'expected a TF conv kernel (kh, kw, in, out), got {tuple(t.shape)}')
+    return t.permute(3, 2, 0, 1).contiguous()
+
+
+def dense_to_linear(t: torch.Tensor) -> torch.Tensor:
+    """TF Dense kernel (in, out) -> Linear weight (out, in)."""
+    if t.ndim != 2:
+        raise ValueError(f'expected a TF Dense kernel (in, out), got {tuple(t.shape)}')
+    return t.t().contiguous()
+
+
 # -------------------------------------------------------------------------------------------- tables
 @dataclass(frozen=True)
 class Rule:
@@ -156,6 +174,41 @@ HF_RULES = (
     Rule(rf'hidden_states_norms\.(stem|stage[1-9]\d*)\.{WB}', r'out_norms.\1.\2'),
 )
 
+# HF's TensorFlow models (TFConvNextV2Model / TFConvNextV2ForImageClassification): TF variable names
+# without the model's name, as in ``tf_model.h5`` (read by :mod:`.keras_h5`) and HF's TF safetensors.
+# Keras names LayerNorm parameters gamma/beta and conv/Dense weights ``kernel``; ``:0`` is optional here.
+TF_END = r'(?::0)?'
+TF_LAYER = r'convnextv2/encoder/stages\.(\d+)/layers\.(\d+)'
+TF_DOWN = r'convnextv2/encoder/stages\.([1-9]\d*)/downsampling_layer'
+
+
+def _tf_norm(pattern: str, target: str) -> tuple[Rule, Rule]:
+    """A Keras LayerNormalization at ``pattern``: gamma -> ``target.weight``, beta -> ``target.bias``."""
+    return (Rule(rf'{pattern}/gamma{TF_END}', rf'{target}.weight'),
+            Rule(rf'{pattern}/beta{TF_END}', rf'{target}.bias'))
+
+
+def _tf_layer(pattern: str, target: str, kernel: Transform) -> tuple[Rule, Rule]:
+    """A Keras Conv2D or Dense at ``pattern``: kernel -> ``target.weight`` (by ``kernel``), bias."""
+    return (Rule(rf'{pattern}/kernel{TF_END}', rf'{target}.weight', kernel),
+            Rule(rf'{pattern}/bias{TF_END}', rf'{target}.bias'))
+
+
+HF_TF_RULES = (
+    *_tf_layer(r'convnextv2/embeddings/patch_embeddings', 'downsample_layers.0.0', hwio_to_oihw),
+    *_tf_norm(r'convnextv2/embeddings/layernorm', 'downsample_layers.0.1'),
+    *_tf_norm(rf'{TF_DOWN}\.0', r'downsample_layers.\1.0'),
+    *_tf_layer(rf'{TF_DOWN}\.1', r'downsample_layers.\1.1', hwio_to_oihw),
+    *_tf_layer(rf'{TF_LAYER}/dwconv', r'stages.\1.\2.dwconv', hwio_to_oihw),
+    *_tf_norm(rf'{TF_LAYER}/layernorm', r'stages.\1.\2.norm'),
+    *_tf_layer(rf'{TF_LAYER}/pwconv1', r'stages.\1.\2.pwconv1', dense_to_linear),
+    *_tf_layer(rf'{TF_LAYER}/pwconv2', r'stages.\1.\2.pwconv2', dense_to_linear),
+    Rule(rf'{TF_LAYER}/grn/weight{TF_END}', r'stages.\1.\2.grn.gamma', flatten_affine),
+    Rule(rf'{TF_LAYER}/grn/bias{TF_END}', r'stages.\1.\2.grn.beta', flatten_affine),
+    *_tf_norm(r'convnextv2/layernorm', 'norm'),
+    *_tf_layer(r'classifier', 'head', dense_to_linear),
+)
+
 TIMM_BLOCK = r'stages\.(\d+)\.blocks\.(\d+)'
 TIMM_RULES = (
     Rule(rf'stem\.([01])\.{WB}', r'downsample_layers.0.\1.\2'),
@@ -208,6 +261,9 @@ FORMATS: tuple[KeyFormat, ...] = (
               drop=(r'decoder\..*', r'mask_token', r'proj\..*', r'pred\..*')),
     KeyFormat('hf', 'HF transformers (ConvNextV2Model, ConvNextV2Backbone or ConvNextV2ForImageClassification)',
               markers=(rf'{HF}embeddings\.patch_embeddings\.weight', rf'{HF_LAYER}\.grn\.weight'), rules=HF_RULES),
+    KeyFormat('hf-tf', 'HF transformers TensorFlow (TFConvNextV2Model or TFConvNextV2ForImageClassification, '
+              'tf_model.h5)', markers=(rf'convnextv2/embeddings/patch_embeddings/kernel{TF_END}',
+                                       rf'{TF_LAYER}/grn/weight{TF_END}'), rules=HF_TF_RULES),
     KeyFormat('timm', 'timm convnextv2_*', markers=(r'stem\.0\.weight', rf'{TIMM_BLOCK}\.conv_dw\.weight'),
               rules=TIMM_RULES),
     KeyFormat('mmpretrain-dense', 'mmpretrain ConvNeXt with per-stage output norms (inside mmdet / mmseg)',

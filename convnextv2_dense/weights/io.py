@@ -1,10 +1,11 @@
 """Reading checkpoint files safely: local files, HF transformers folders, URLs and HF hub repo ids.
 
-Only two readers are used: safetensors, and ``torch.load(weights_only=True)``. Training checkpoints often
+Three readers are used: safetensors, ``torch.load(weights_only=True)``, and h5py for the Keras 2 HDF5
+files of HF's TensorFlow models (:mod:`.keras_h5`). Training checkpoints often
 hold Python objects besides the weights (argparse namespaces, mmengine history buffers, numpy scalars);
 those are replaced by inert placeholders while unpickling, so nothing named in a file is ever imported or
 run. Everything here imports only torch, safetensors and the standard library; ``huggingface_hub`` is
-imported when a hub repo id is given.
+imported when a hub repo id is given, ``h5py`` when an HDF5 file is read.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ CACHE_ENV = 'CONVNEXTV2_CACHE'
 META_KEY = 'convnextv2_dense'  # the safetensors metadata entry and the ``meta['format']`` of our files
 WRAPPERS = ('state_dict', 'model', 'module')
 HF_WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin',
-                   'pytorch_model.bin.index.json')
-CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.ckpt', '.tar')
+                   'pytorch_model.bin.index.json', 'tf_model.h5', 'tf_model.h5.index.json')  # PyTorch first
+CHECKPOINT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.ckpt', '.tar', '.h5')
 _REPO_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[\w.-]+')
 
 
@@ -66,10 +67,11 @@ def read_checkpoint(source: str | os.PathLike) -> RawCheckpoint:
     """Resolve ``source`` to local files and read their tensors.
 
     Args:
-        source (str | PathLike): A checkpoint file (``.safetensors``, or anything ``torch.save`` wrote),
-            an HF transformers folder (``config.json`` and ``model.safetensors`` or
-            ``pytorch_model.bin``, possibly sharded), an http(s) URL (downloaded once into
-            :func:`cache_dir`), or an HF hub repo id such as ``facebook/convnextv2-tiny-1k-224``.
+        source (str | PathLike): A checkpoint file (``.safetensors``, anything ``torch.save`` wrote, or
+            an HF TensorFlow ``tf_model.h5``), an HF transformers folder (``config.json`` and
+            ``model.safetensors``, ``pytorch_model.bin`` or ``tf_model.h5``, possibly sharded), an http(s)
+            URL (downloaded once into :func:`cache_dir`), or an HF hub repo id such as
+            ``facebook/convnextv2-tiny-1k-224``.
 
     Returns:
         RawCheckpoint: The unwrapped tensors and where they came from.
@@ -140,9 +142,12 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f'{path} is empty or truncated ({len(head)} bytes); not a checkpoint')
     if head[8:9] == b'{' or path.suffix == '.safetensors':
         return _read_safetensors(path)
+    if head.startswith(b'\x89HDF'):  # Keras 2 / HF TensorFlow weights
+        from .keras_h5 import read_keras_h5
+        return read_keras_h5(path), {}
     if not (head.startswith(b'PK') or head[0] == 0x80):  # torch.save's zip, or a legacy pickle
         raise CheckpointError(f'{path} is not a checkpoint: it starts with {head!r}, which is neither '
-                              'safetensors nor a file written by torch.save')
+                              'safetensors, a file written by torch.save, nor HDF5')
     return _unwrap(_torch_load(path), path)
 
 

@@ -1,7 +1,6 @@
 """Tests for the synthetic demo datasets: layouts, labels, COCO annotations, determinism, idempotence."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,13 +11,11 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # the package need not be installed
-    sys.path.insert(0, str(REPO))
+from convnextv2_dense.data import synthetic
+from convnextv2_dense.data.synthetic import (DEMO_DET_CLASSES, DEMO_SEG_ADE_IDS, DEMO_SEG_CLASSES, MARKER_NAME,
+                                             make_ade_demo, make_coco_demo, make_demo_data)
 
-from convnextv2_dense.data import synthetic  # noqa: E402
-from convnextv2_dense.data.synthetic import (DEMO_DET_CLASSES, DEMO_SEG_ADE_IDS, DEMO_SEG_CLASSES,  # noqa: E402
-                                             MARKER_NAME, make_ade_demo, make_coco_demo, make_demo_data)
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')
 SMALL = dict(num_train=6, num_val=3, size=64, seed=0, log=None)
@@ -183,21 +180,14 @@ def test_unknown_dataset(tmp_path: Path) -> None:
         make_demo_data(tmp_path, datasets=('voc', ), log=None)
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('make_demo_data_tool', REPO / 'tools' / 'make_demo_data.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture, load_tool) -> None:
     args = ['--out', str(tmp_path), '--num-train', '3', '--num-val', '2', '--size', '48', '--only', 'coco']
     first = subprocess.run([sys.executable, str(REPO / 'tools' / 'make_demo_data.py'), *args], capture_output=True,
                            text=True, cwd=tmp_path, timeout=120)
     assert first.returncode == 0, first.stderr
     assert 'coco: written' in first.stdout and '[coco train2017] 3/3 images' in first.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ['coco']
-    tool = _load_tool()
+    tool = load_tool('make_demo_data')
     assert tool.main(args) == 0
     assert 'coco: up to date' in capsys.readouterr().out
     assert tool.main(args + ['--num-val', '0']) == 1

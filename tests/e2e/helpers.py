@@ -1,20 +1,7 @@
-"""Running our tools as a user would, and pointing the demo configs at tiny synthetic datasets."""
-import os
-import subprocess
-import sys
+"""Pointing the demo configs at tiny synthetic datasets (tools run through the root conftest's ``run_tool``)."""
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def run_tool(*args, check=True, timeout=600):
-    """Run ``python tools/...`` from the repo root and return the completed process (output captured)."""
-    env = dict(os.environ, PYTHONWARNINGS='ignore')
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f'{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}')
-    return proc
 
 
 def seg_options(data_root, **extra):

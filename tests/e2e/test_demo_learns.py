@@ -13,7 +13,9 @@ import pytest
 
 from convnextv2_dense.data import make_ade_demo, make_coco_demo
 
-from .helpers import det_options, run_tool, seg_options
+from .helpers import det_options, seg_options
+
+pytestmark = pytest.mark.slow  # minutes of training on a CPU
 
 
 def scalars(work_dir):
@@ -35,7 +37,7 @@ def demo_data(tmp_path_factory):
     return ade, coco
 
 
-def test_segmentation_demo_beats_the_untrained_model(demo_data, tmp_path):
+def test_segmentation_demo_beats_the_untrained_model(demo_data, tmp_path, run_tool):
     ade, _ = demo_data
     run_tool('tools/train.py', 'configs/demo/upernet_convnextv2_atto_demo.py', '--work-dir', tmp_path,
              *seg_options(ade, **{'train_cfg.max_iters': 250, 'train_cfg.val_interval': 250,
@@ -48,7 +50,7 @@ def test_segmentation_demo_beats_the_untrained_model(demo_data, tmp_path):
     assert mean_loss(records, first=False) < 0.6 * mean_loss(records, first=True)
 
 
-def test_detection_demo_learns_to_find_the_shapes(demo_data, tmp_path):
+def test_detection_demo_learns_to_find_the_shapes(demo_data, tmp_path, run_tool):
     _, coco = demo_data
     epochs = 6
     run_tool('tools/train.py', 'configs/demo/mask-rcnn_convnextv2_atto_demo.py', '--work-dir', tmp_path,

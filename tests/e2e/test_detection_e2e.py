@@ -4,13 +4,23 @@ import re
 
 import pytest
 
-from .helpers import det_options, run_tool
+from convnextv2_dense.data import DEMO_DET_CLASSES
+
+from .helpers import det_options
 
 CONFIG = 'configs/demo/mask-rcnn_convnextv2_atto_demo.py'
+pytestmark = pytest.mark.slow  # trains Mask R-CNN for an epoch on the CPU
+# mmdet's CocoMetric(classwise=True) logs, per IoU type, an AsciiTable headed by these columns and one row
+# per class with its AP (or nan).
+CLASSWISE_HEADER = re.compile(r'^\| category +\| mAP +\| mAP_50 +\| mAP_75 +\| mAP_s +\| mAP_m +\| mAP_l +\|$', re.M)
+
+
+def classwise_rows(log: str, name: str) -> list[str]:
+    return re.findall(rf'^\| {re.escape(name)} +\| (?:nan|\d+\.\d+) +\|', log, re.M)
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, coco_root):
+def trained(tmp_path_factory, coco_root, run_tool):
     work_dir = tmp_path_factory.mktemp('det_train')
     proc = run_tool('tools/train.py', CONFIG, '--work-dir', work_dir, *det_options(
         coco_root, **{'train_cfg.max_epochs': 1, 'train_cfg.val_interval': 1,
@@ -24,14 +34,16 @@ def test_train_writes_a_checkpoint_and_evaluates(trained):
     assert 'coco/bbox_mAP' in proc.stdout + proc.stderr
 
 
-def test_test_out_then_coco_eval(trained, coco_root, tmp_path):
+def test_test_out_then_coco_eval(trained, coco_root, tmp_path, run_tool):
     work_dir, _ = trained
     out = tmp_path / 'results'
     proc = run_tool('tools/test.py', CONFIG, work_dir / 'epoch_1.pth', '--work-dir', tmp_path / 'wd',
                     '--out', out, '--show-dir', tmp_path / 'vis', *det_options(coco_root))
     log = proc.stdout + proc.stderr
     assert 'bbox_mAP_copypaste' in log and 'segm_mAP_copypaste' in log
-    assert '| category' in log or 'category' in log  # mmdet's per-category table (classwise=True)
+    assert len(CLASSWISE_HEADER.findall(log)) == 2  # mmdet's per-category tables (classwise=True): bbox, segm
+    for name in DEMO_DET_CLASSES:
+        assert len(classwise_rows(log, name)) == 2, name
     bbox, segm = out / 'results.bbox.json', out / 'results.segm.json'
     assert bbox.is_file() and segm.is_file()
     assert list((tmp_path / 'vis').rglob('*.jpg')) or list((tmp_path / 'vis').rglob('*.png'))

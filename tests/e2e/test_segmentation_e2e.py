@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from .helpers import REPO, run_tool, seg_options
+from .helpers import REPO, seg_options
 
 CONFIG = 'configs/demo/upernet_convnextv2_atto_demo.py'
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory, ade_root):
+def trained(tmp_path_factory, ade_root, run_tool):
     work_dir = tmp_path_factory.mktemp('seg_train')
     proc = run_tool('tools/train.py', CONFIG, '--work-dir', work_dir, *seg_options(
         ade_root, **{'train_cfg.max_iters': 4, 'train_cfg.val_interval': 4,
@@ -21,6 +21,7 @@ def trained(tmp_path_factory, ade_root):
     return work_dir, proc
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_and_logs_progress(trained):
     work_dir, proc = trained
     assert (work_dir / 'iter_4.pth').is_file()
@@ -29,7 +30,8 @@ def test_train_writes_checkpoints_and_logs_progress(trained):
     assert re.search(r'mIoU: \d', log)
 
 
-def test_test_prints_per_class_table_and_writes_outputs(trained, ade_root, tmp_path):
+@pytest.mark.slow
+def test_test_prints_per_class_table_and_writes_outputs(trained, ade_root, tmp_path, run_tool):
     work_dir, _ = trained
     out, show = tmp_path / 'pred', tmp_path / 'vis'
     proc = run_tool('tools/test.py', CONFIG, work_dir / 'iter_4.pth', '--work-dir', tmp_path / 'wd',
@@ -41,14 +43,16 @@ def test_test_prints_per_class_table_and_writes_outputs(trained, ade_root, tmp_p
     assert glob.glob(str(show / '**' / '*.png'), recursive=True)
 
 
-def test_tta_runs_multi_scale_and_flip(trained, ade_root, tmp_path):
+@pytest.mark.slow
+def test_tta_runs_multi_scale_and_flip(trained, ade_root, tmp_path, run_tool):
     work_dir, _ = trained
     proc = run_tool('tools/test.py', CONFIG, work_dir / 'iter_4.pth', '--tta', '--work-dir', tmp_path,
                     *seg_options(ade_root))
     assert re.search(r'mIoU: \d+\.\d+', proc.stdout + proc.stderr)
 
 
-def test_resume_continues_from_the_saved_iteration(trained, ade_root, tmp_path):
+@pytest.mark.slow
+def test_resume_continues_from_the_saved_iteration(trained, ade_root, tmp_path, run_tool):
     work_dir, _ = trained
     resume_dir = tmp_path / 'resume'
     resume_dir.mkdir()
@@ -64,16 +68,17 @@ def test_resume_continues_from_the_saved_iteration(trained, ade_root, tmp_path):
     assert (resume_dir / 'iter_4.pth').is_file()
 
 
-def test_missing_config_is_a_clear_error(tmp_path):
+def test_missing_config_is_a_clear_error(tmp_path, run_tool):
     proc = run_tool('tools/train.py', tmp_path / 'nope.py', check=False)
     assert proc.returncode != 0 and 'config file not found' in proc.stderr
 
 
-def test_missing_checkpoint_is_a_clear_error(tmp_path):
+def test_missing_checkpoint_is_a_clear_error(tmp_path, run_tool):
     proc = run_tool('tools/test.py', CONFIG, tmp_path / 'nope.pth', check=False)
     assert proc.returncode != 0 and 'checkpoint not found' in proc.stderr
 
 
+@pytest.mark.slow
 def test_dist_train_and_test_run_on_cpu_with_gloo(ade_root, tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, PYTHONWARNINGS='ignore', PORT='29517')
     opts = seg_options(ade_root, **{'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,

@@ -26,6 +26,7 @@ Runner.from_cfg(cfg).train()
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('task', ['seg', 'det'])
 def test_plain_mmengine_runner_finds_our_backbone(task, ade_root, coco_root, tmp_path):
     if task == 'seg':

@@ -35,15 +35,6 @@ def build(scope: str, cfg: dict):
         return registry(scope).MODELS.build(cfg)
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-zero values everywhere (GRN included), so a load that did nothing cannot pass."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model
-
-
 def atto_segmentor(checkpoint: str):
     """A small mmseg EncoderDecoder whose backbone loads ``checkpoint`` in ``init_weights()``."""
     return build('mmseg', dict(
@@ -54,8 +45,8 @@ def atto_segmentor(checkpoint: str):
 
 
 @pytest.fixture(scope='module')
-def atto_checkpoint(tmp_path_factory):
-    model = randomize(ConvNeXtV2('atto'))
+def atto_checkpoint(tmp_path_factory, randomize):
+    model = randomize(ConvNeXtV2('atto'))  # non-zero everywhere, so a load that did nothing cannot pass
     path = save_checkpoint(model, tmp_path_factory.mktemp('ckpt') / 'atto.pth')
     return str(path), model.state_dict()
 

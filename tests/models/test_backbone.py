@@ -22,7 +22,7 @@ def test_output_shapes_match_out_channels_and_strides(arch, size):
     assert model.strides == (4, 4, 8, 16, 32)
 
 
-@pytest.mark.parametrize('arch', ['large', 'huge'])
+@pytest.mark.parametrize('arch', ['large', pytest.param('huge', marks=pytest.mark.slow)])
 def test_large_archs_build_with_the_right_widths(arch):
     model = ConvNeXtV2(arch)
     assert model.out_channels == ARCHS[arch].dims
@@ -177,7 +177,7 @@ def test_grn_stays_finite_in_half_precision():
 PAPER_PARAMS_M = dict(atto=3.7, femto=5.2, pico=9.1, nano=15.6, tiny=28.6, base=89, large=198, huge=660)
 
 
-@pytest.mark.parametrize('arch', list(ARCHS))
+@pytest.mark.parametrize('arch', [pytest.param(a, marks=pytest.mark.slow) if a == 'huge' else a for a in ARCHS])
 def test_classifier_parameter_counts_equal_the_paper(arch):
     model = ConvNeXtV2Classifier(arch, num_classes=1000)
     count = sum(p.numel() for p in model.parameters()) / 1e6

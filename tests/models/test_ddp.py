@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = '''
@@ -36,6 +38,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes, about 25 s on a CPU
 def test_ddp_gradients_match_their_buckets():
     done = subprocess.run([sys.executable, '-c', SCRIPT, str(free_port())], cwd=REPO, capture_output=True,
                           text=True, timeout=120)

@@ -4,28 +4,19 @@ A smoke test of the tool, not a timed test: no assertion on any speed.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip('transformers')
-TOOL = Path(__file__).resolve().parents[2] / 'tools' / 'benchmark.py'
+pytestmark = pytest.mark.slow  # a minute or more per table on a CPU
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_backbone_table_on_cpu(tmp_path, capsys):
+def test_backbone_table_on_cpu(tmp_path, capsys, load_tool):
     json_out = tmp_path / 'bench.json'
     argv = ['backbone', '--device', 'cpu', '--impl', 'ours', 'hf', '--arch', 'atto', '--input', '64',
             '--batch', '1', '--warmup', '1', '--iters', '1', '--json-out', str(json_out)]
-    assert load_tool().main(argv) == 0
+    assert load_tool('benchmark').main(argv) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith('| ') and not line.startswith('| impl')]
     assert [line.split(' | ')[:5] for line in rows] == [
@@ -51,12 +42,12 @@ def test_hf_adapter_hands_over_maps_in_the_input_layout():
 @pytest.mark.parametrize('config, extra', [
     ('configs/demo/upernet_convnextv2_atto_demo.py', ['--img-size', '64']),
     ('configs/demo/mask-rcnn_convnextv2_atto_demo.py', ['--img-size', '128', '--img-per-gpu', '1', '--boxes', '3'])])
-def test_full_iteration_table_on_cpu(tmp_path, capsys, config, extra):
+def test_full_iteration_table_on_cpu(tmp_path, capsys, config, extra, load_tool):
     pytest.importorskip('mmengine')
     json_out = tmp_path / 'full.json'
     argv = ['full', '--config', config, '--backbone-impl', 'ours', 'hf', '--device', 'cpu', '--warmup', '1',
             '--iters', '1', '--json-out', str(json_out), *extra]
-    assert load_tool().main(argv) == 0
+    assert load_tool('benchmark').main(argv) == 0
     assert 'model.train_step' in capsys.readouterr().out
     rows = json.loads(json_out.read_text())['rows']
     assert [row['impl'] for row in rows] == ['ours', 'hf']

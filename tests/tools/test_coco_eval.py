@@ -3,14 +3,10 @@ one test per input check. Every file is written by the tests into ``tmp_path``."
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -18,13 +14,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # the package need not be installed
-    sys.path.insert(0, str(REPO_ROOT))
+from convnextv2_dense.evaluation import STAT_NAMES, CocoEvalError, evaluate_files, write_stats_json
 
-from convnextv2_dense.evaluation import STAT_NAMES, CocoEvalError, evaluate_files, write_stats_json  # noqa: E402
-
-TOOL = REPO_ROOT / 'tools' / 'coco_eval.py'
+TOOL = 'tools/coco_eval.py'
 H, W = 120, 160  # every image
 CATEGORIES = [{'id': 1, 'name': 'person'}, {'id': 2, 'name': 'car'}, {'id': 5, 'name': 'dog'}]
 
@@ -124,11 +116,6 @@ def _reference(ann: str, detections: str | list, iou_type: str) -> tuple[np.ndar
     return ev.stats, out.getvalue().rstrip('\n')
 
 
-def _run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize('iou_type', ['bbox', 'segm'])
 def test_api_equals_cocoeval(files: dict[str, str], iou_type: str) -> None:
     stats, summary = _reference(files['ann'], files[iou_type], iou_type)
@@ -180,9 +167,10 @@ def test_iou_type_restricts(files: dict[str, str]) -> None:
     assert list(evaluate_files(files['ann'], [files['bbox'], files['segm']], iou_type='segm')) == ['segm']
 
 
-def test_cli_prints_and_writes_json(files: dict[str, str], tmp_path: Path) -> None:
+def test_cli_prints_and_writes_json(files: dict[str, str], tmp_path: Path, run_tool) -> None:
     out = tmp_path / 'metrics.json'
-    proc = _run_tool('--ann', files['ann'], '--results', files['segm'], files['bbox'], '--json-out', str(out))
+    proc = run_tool(TOOL, '--ann', files['ann'], '--results', files['segm'], files['bbox'], '--json-out', out,
+                    check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     written = json.loads(out.read_text())
     assert list(written) == ['bbox', 'segm']
@@ -197,8 +185,9 @@ def test_cli_prints_and_writes_json(files: dict[str, str], tmp_path: Path) -> No
     assert 'index created' not in proc.stdout and 'DONE' not in proc.stdout  # pycocotools kept quiet
 
 
-def test_cli_no_classwise(files: dict[str, str]) -> None:
-    proc = _run_tool('--ann', files['ann'], '--results', files['bbox'], '--no-classwise')
+def test_cli_no_classwise(files: dict[str, str], run_tool) -> None:
+    proc = run_tool(TOOL, '--ann', files['ann'], '--results', files['bbox'], '--no-classwise', check=False,
+                    timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert 'Average Precision' in proc.stdout and 'Per-category' not in proc.stdout
 
@@ -264,27 +253,21 @@ BAD_CASES = ['ann_missing', 'ann_malformed', 'ann_not_coco', 'results_missing', 
              'rle_size_mismatch', 'segm_gt_without_masks', 'json_out_dir_missing']
 
 
-def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location('coco_eval_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize('name', BAD_CASES)
-def test_bad_input(name: str, tmp_path: Path, files: dict[str, str], capsys: pytest.CaptureFixture) -> None:
+def test_bad_input(name: str, tmp_path: Path, files: dict[str, str], capsys: pytest.CaptureFixture,
+                   load_tool) -> None:
     """The tool's ``main`` in this process (a new interpreter per case would import torch 19 times)."""
     args, message = _bad_case(name, tmp_path, files)
-    assert _load_tool().main(args) == 1
+    assert load_tool('coco_eval').main(args) == 1
     err = capsys.readouterr().err
     assert message in err
     assert any(repr(a) in err for a in args if a.endswith('.json'))  # the message names the file
 
 
 @pytest.mark.parametrize('name', ['ann_malformed', 'unknown_image_ids'])
-def test_cli_bad_input_exits_nonzero(name: str, tmp_path: Path, files: dict[str, str]) -> None:
+def test_cli_bad_input_exits_nonzero(name: str, tmp_path: Path, files: dict[str, str], run_tool) -> None:
     args, message = _bad_case(name, tmp_path, files)
-    proc = _run_tool(*args)
+    proc = run_tool(TOOL, *args, check=False, timeout=120)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert 'Traceback' not in proc.stderr

@@ -1,23 +1,16 @@
 """Tests for tools/plot_logs.py and convnextv2_dense.bench.plot_logs on fake mmengine scalar logs."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # the package need not be installed
-    sys.path.insert(0, str(REPO_ROOT))
-
-from convnextv2_dense.bench.plot_logs import find_scalar_log, load_scalar_log, plot_logs  # noqa: E402
+from convnextv2_dense.bench.plot_logs import find_scalar_log, load_scalar_log, plot_logs
 
 pytest.importorskip('matplotlib')
-TOOL = REPO_ROOT / 'tools' / 'plot_logs.py'
+TOOL = 'tools/plot_logs.py'
 
 
 def _seg_lines() -> list[dict]:
@@ -53,29 +46,17 @@ def _write_run(work_dir: Path, timestamp: str, lines: list[dict], extra: str = '
     return vis / 'scalars.json'
 
 
-def _run_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('plot_logs_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _assert_png(path: Path) -> None:
     with Image.open(path) as image:
         assert image.format == 'PNG' and image.size[0] > 100 and image.size[1] > 100
 
 
-def test_cli_writes_loss_and_metrics(tmp_path: Path) -> None:
+def test_cli_writes_loss_and_metrics(tmp_path: Path, run_tool) -> None:
     work_dir = tmp_path / 'upernet'
     _write_run(work_dir, '20240101_000000', _seg_lines()[:3])
     newest = _write_run(work_dir, '20240102_000000', _seg_lines(), extra='{"loss": 1.0, "it')  # killed mid-line
     out = tmp_path / 'plots'
-    result = _run_tool(str(work_dir), '--out-dir', str(out))
+    result = run_tool(TOOL, work_dir, '--out-dir', out, check=False, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(out / 'loss.png'), str(out / 'metrics.png')]
     _assert_png(out / 'loss.png')
@@ -119,23 +100,23 @@ def test_selected_keys(tmp_path: Path) -> None:
                                                                                                  'metrics.png']
 
 
-def test_training_only_log(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_training_only_log(tmp_path: Path, capsys: pytest.CaptureFixture, load_tool) -> None:
     path = _write_run(tmp_path / 'run', '20240101_000000', [line for line in _seg_lines() if 'lr' in line])
-    assert _load_tool().main([str(path), '--out-dir', str(tmp_path / 'out')]) == 0
+    assert load_tool('plot_logs').main([str(path), '--out-dir', str(tmp_path / 'out')]) == 0
     captured = capsys.readouterr()
     assert captured.out.split() == [str(tmp_path / 'out' / 'loss.png')]
     assert 'no validation metrics' in captured.err
 
 
-def test_cli_bad_path(tmp_path: Path) -> None:
-    result = _run_tool(str(tmp_path / 'missing'), '--out-dir', str(tmp_path / 'out'))
+def test_cli_bad_path(tmp_path: Path, run_tool) -> None:
+    result = run_tool(TOOL, tmp_path / 'missing', '--out-dir', tmp_path / 'out', check=False, timeout=120)
     assert result.returncode != 0
     assert 'error: no such file or directory' in result.stderr and 'Traceback' not in result.stderr
     assert not (tmp_path / 'out').exists()
 
 
 @pytest.mark.parametrize('case', ['empty_dir', 'no_records', 'bad_key', 'no_plottable'])
-def test_errors(tmp_path: Path, case: str, capsys: pytest.CaptureFixture) -> None:
+def test_errors(tmp_path: Path, case: str, capsys: pytest.CaptureFixture, load_tool) -> None:
     target = tmp_path / 'work'
     args = ['--out-dir', str(tmp_path / 'out')]
     if case == 'empty_dir':
@@ -148,7 +129,7 @@ def test_errors(tmp_path: Path, case: str, capsys: pytest.CaptureFixture) -> Non
         args += ['--keys', 'loss', 'mDice']
     else:
         _write_run(target, '20240101_000000', [{'lr': 0.1, 'iter': 1, 'step': 1}])
-    assert _load_tool().main([str(target), *args]) == 1
+    assert load_tool('plot_logs').main([str(target), *args]) == 1
     expected = {'empty_dir': 'no json scalar logs', 'no_records': 'holds no json scalar records',
                 'bad_key': "no such key in the logs: ['mDice']", 'no_plottable': 'nothing to plot'}[case]
     assert expected in capsys.readouterr().err

@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from convnextv2_dense.models import ARCHS, ConvNeXtV2, ConvNeXtV2Classifier
+from convnextv2_dense.models import ARCHS, STAGE_NAMES, ConvNeXtV2, ConvNeXtV2Classifier
 
-ALL_STAGES = ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
+ALL_STAGES = list(STAGE_NAMES)
 
 
 class HistoryBuffer:
@@ -25,15 +25,6 @@ class HistoryBuffer:
 
     def __init__(self) -> None:
         self.values = [1.0, 2.0]
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-zero random values in every parameter (a zero GRN is an identity and hides bugs)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 def split_block_key(key: str) -> tuple[int, int, str]:
@@ -193,6 +184,102 @@ def write_hf_folder(folder: Path, tensors: dict, layer_norm_eps: float = 1e-12, 
     return folder
 
 
+def to_hf_tf(sd: dict, kind: str) -> dict:
+    """HF TF variable names (without the model's name) -> tensors in TF layout; ``kind``: 'classifier' or 'model'.
+
+    Layout from HF's ``modeling_tf_convnextv2.py``: Keras Conv2D kernels are (kh, kw, in / groups, out)
+    (the depthwise conv is ``Conv2D(groups=C)``: (7, 7, 1, C)), Dense kernels (in, out), LayerNorm
+    parameters gamma / beta, GRN weight / bias (1, 1, 1, 4C).
+    """
+    def conv(w):
+        return torch.einsum('oihw->hwio', w)
+
+    def dense(w):
+        return torch.einsum('oi->io', w)
+
+    norm = {'weight': 'gamma', 'bias': 'beta'}
+    out = {}
+    for key, v in sd.items():
+        name = key.rsplit('.', 1)[1]
+        if key.startswith('downsample_layers.'):
+            _, i, part, _ = key.split('.')
+            is_norm = part == ('1' if i == '0' else '0')  # the stem is conv then norm, downsamplers the reverse
+            if i == '0':
+                layer = 'convnextv2/embeddings/' + ('layernorm' if is_norm else 'patch_embeddings')
+            else:
+                layer = f'convnextv2/encoder/stages.{i}/downsampling_layer.' + ('0' if is_norm else '1')
+            if is_norm:
+                out[f'{layer}/{norm[name]}:0'] = v
+            else:
+                out[f'{layer}/' + ('kernel:0' if name == 'weight' else 'bias:0')] = conv(v) if name == 'weight' else v
+        elif key.startswith('stages.'):
+            i, j, rest = split_block_key(key)
+            module = rest.split('.')[0]
+            base = f'convnextv2/encoder/stages.{i}/layers.{j}'
+            if module == 'grn':
+                out[f'{base}/grn/' + {'gamma': 'weight', 'beta': 'bias'}[name] + ':0'] = v.reshape(1, 1, 1, -1)
+            elif module == 'norm':
+                out[f'{base}/layernorm/{norm[name]}:0'] = v
+            elif name == 'bias':
+                out[f'{base}/{module}/bias:0'] = v
+            else:
+                out[f'{base}/{module}/kernel:0'] = conv(v) if module == 'dwconv' else dense(v)
+        elif key.startswith('norm.'):
+            out[f'convnextv2/layernorm/{norm[name]}:0'] = v
+        elif key.startswith('head.') and kind == 'classifier':
+            out['classifier/' + ('kernel:0' if name == 'weight' else 'bias:0')] = dense(v) if name == 'weight' else v
+    return out
+
+
+TF_MODEL_NAMES = {'classifier': 'tf_conv_next_v2_for_image_classification', 'model': 'tf_conv_next_v2_model'}
+
+
+def write_keras_h5(path: Path, tensors: dict, kind: str, chunked: bool = False) -> Path:
+    """Write ``to_hf_tf``'s tensors as Keras 2 ``save_weights`` does (HF's ``tf_model.h5``).
+
+    Root attribute ``layer_names`` (top-level layers); per layer a group whose ``weight_names`` lists the
+    full TF variable names (model name first), each a dataset at that path inside the group. ``chunked``
+    splits ``weight_names`` into ``weight_names0``/``1`` as Keras does past 64 KB.
+    """
+    import h5py
+    model = TF_MODEL_NAMES[kind]
+    layers = ['convnextv2', 'classifier'] if kind == 'classifier' else ['convnextv2']
+    with h5py.File(path, 'w') as f:
+        f.attrs['layer_names'] = [name.encode('utf8') for name in layers]
+        f.attrs['backend'] = b'tensorflow'
+        f.attrs['keras_version'] = b'2.15.0'
+        for layer in layers:
+            group = f.create_group(layer)
+            names = [f'{model}/{k}' for k in tensors if k.split('/')[0] == layer]
+            encoded = [n.encode('utf8') for n in names]
+            if chunked:
+                group.attrs['weight_names0'], group.attrs['weight_names1'] = encoded[:5], encoded[5:]
+            else:
+                group.attrs['weight_names'] = encoded
+            for name in names:
+                group.create_dataset(name, data=tensors[name.split('/', 1)[1]].numpy())
+    return path
+
+
+def write_hf_tf_shards(folder: Path, tensors: dict, shards: int = 2) -> Path:
+    """HF's sharded TF layout: ``tf_model-0000k-of-0000n.h5`` (datasets named without the model's name,
+    listed in the root ``layer_names``) and ``tf_model.h5.index.json``."""
+    import h5py
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(tensors)
+    weight_map = {}
+    for k in range(shards):
+        file = f'tf_model-{k + 1:05d}-of-{shards:05d}.h5'
+        part = names[k::shards]
+        with h5py.File(folder / file, 'w') as f:
+            for name in part:
+                f.create_dataset(name, data=tensors[name].numpy())
+                weight_map[name] = file
+            f.attrs['layer_names'] = [name.encode('utf8') for name in part]
+    (folder / 'tf_model.h5.index.json').write_text(json.dumps({'metadata': {}, 'weight_map': weight_map}))
+    return folder
+
+
 def to_openmmlab(sd: dict) -> dict:
     state = {'backbone.' + k: v for k, v in sd.items()}
     state.update({'neck.fpn_convs.0.conv.weight': torch.randn(8, 8, 3, 3),
@@ -209,17 +296,17 @@ def to_openmmlab(sd: dict) -> dict:
 def writers() -> SimpleNamespace:
     return SimpleNamespace(official=to_official, fcmae=to_fcmae, timm=to_timm, mmpretrain=to_mmpretrain,
                            hf=to_hf, hf_folder=write_hf_folder, hf_config=hf_config, openmmlab=to_openmmlab,
-                           randomize=randomize)
+                           hf_tf=to_hf_tf, keras_h5=write_keras_h5, hf_tf_shards=write_hf_tf_shards)
 
 
 @pytest.fixture(scope='session')
-def atto_classifier() -> ConvNeXtV2Classifier:
+def atto_classifier(randomize) -> ConvNeXtV2Classifier:
     return randomize(ConvNeXtV2Classifier('atto', num_classes=10), seed=1)
 
 
 @pytest.fixture(scope='session')
-def atto_backbone() -> ConvNeXtV2:
-    return randomize(ConvNeXtV2('atto', out_features=ALL_STAGES), seed=2)
+def atto_backbone(randomize) -> ConvNeXtV2:
+    return randomize(ConvNeXtV2('atto', out_features=list(STAGE_NAMES)), seed=2)
 
 
 @pytest.fixture(scope='session')

@@ -5,12 +5,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from convnextv2_dense.models import ConvNeXtV2, ConvNeXtV2Classifier
+from convnextv2_dense.models import STAGE_NAMES, ConvNeXtV2, ConvNeXtV2Classifier
 from convnextv2_dense.weights import (FORMAT_NAMES, CheckpointError, detect_format, save_checkpoint,
                                       to_canonical)
 from convnextv2_dense.weights.formats import sparse_dense_kernel, sparse_depthwise_kernel
 
-ALL_STAGES = ['stem', 'stage1', 'stage2', 'stage3', 'stage4']
+ALL_STAGES = list(STAGE_NAMES)
 TRUNK = ('downsample_layers.', 'stages.')
 
 
@@ -95,8 +95,8 @@ def test_timm_conv_mlp_atto(tmp_path, writers, atto_classifier, image, suffix):
 
 
 @torch.no_grad()
-def test_timm_linear_mlp_tiny(tmp_path, writers):
-    source = writers.randomize(ConvNeXtV2Classifier('tiny', num_classes=3), seed=4)
+def test_timm_linear_mlp_tiny(tmp_path, writers, randomize):
+    source = randomize(ConvNeXtV2Classifier('tiny', num_classes=3), seed=4)
     path = tmp_path / 'timm_tiny.safetensors'
     save_file(writers.timm(source.state_dict(), conv_mlp=False), str(path))
     model = ConvNeXtV2Classifier.from_pretrained(path).eval()
@@ -186,6 +186,7 @@ def test_each_format_is_detected_by_its_own_markers(writers, atto_classifier, at
         'official': writers.official(cls_state)['model'],
         'fcmae': writers.fcmae(cls_state)['model'],
         'hf': writers.hf(cls_state, 'classifier'),
+        'hf-tf': writers.hf_tf(cls_state, 'classifier'),
         'timm': writers.timm(cls_state, conv_mlp=True),
         'mmpretrain-dense': writers.mmpretrain(bb_state, dense=True)['state_dict'],
         'mmpretrain': writers.mmpretrain(cls_state, dense=False)['state_dict'],

@@ -43,8 +43,8 @@ def test_a_backbone_that_built_its_first_stages_declares_its_whole_arch(tmp_path
         ConvNeXtV2.from_pretrained(saved)  # all four stages asked for, two saved
 
 
-def test_a_detector_checkpoint_of_a_truncated_backbone_loads_into_the_same_selection(tmp_path, writers):
-    backbone = writers.randomize(ConvNeXtV2('atto', out_indices=(0, 1, 2)), seed=5)
+def test_a_detector_checkpoint_of_a_truncated_backbone_loads_into_the_same_selection(tmp_path, writers, randomize):
+    backbone = randomize(ConvNeXtV2('atto', out_indices=(0, 1, 2)), seed=5)
     path = tmp_path / 'epoch_1.pth'
     torch.save(writers.openmmlab(backbone.state_dict()), path)
     model = ConvNeXtV2('atto', out_indices=(0, 1, 2))
@@ -68,8 +68,8 @@ def test_a_module_that_declares_no_policy_gets_the_strictest(tmp_path, atto_clas
         load_weights(plain, path)
 
 
-def test_stage_counts_other_than_four_load_from_our_files(tmp_path, writers):
-    source = writers.randomize(ConvNeXtV2Classifier(depths=(1, 1, 2, 1, 1), dims=(8, 8, 16, 16, 24), num_classes=3,
+def test_stage_counts_other_than_four_load_from_our_files(tmp_path, writers, randomize):
+    source = randomize(ConvNeXtV2Classifier(depths=(1, 1, 2, 1, 1), dims=(8, 8, 16, 16, 24), num_classes=3,
                                                     patch_size=2, act='gelu_new'), seed=7)
     path = save_checkpoint(source, tmp_path / 'five.safetensors')
     model = ConvNeXtV2Classifier.from_pretrained(path)
