@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import inspect
+import os
+
 import torch
 from torch import nn
 
+from ..compat import is_capturing
 from .layers import LayerNorm2d
 from .stage_selection import STAGE_NAMES, mm_index, select_stages
 from .trunk import ConvNeXtV2Trunk
@@ -37,10 +41,15 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         frozen_stages (int): -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 1..k, with their
             output norms; frozen parts stay in eval mode after ``train()``. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
-        compile (bool | dict): Run the forward pass through ``torch.compile`` (a dict is passed to it as
-            keyword arguments). It fuses LayerNorm, GELU and GRN into far fewer kernels: about twice the
-            backbone's training throughput on a GPU. The first step compiles (about a minute); each new
-            input shape compiles again. Defaults to False.
+        compile (bool | dict): ``torch.compile`` of the forward pass, for training: it runs compiled only
+            in train mode with gradients enabled, and never while the model is traced, scripted, exported
+            (ONNX, ``torch.export``) or FX-traced, so test, inference, FLOPs counting and export run eager.
+            A dict holds ``torch.compile`` keyword arguments (``mode``, ``dynamic``, ...) and our own
+            ``inference`` (bool): True compiles eval and no-grad calls too. Compiling fuses LayerNorm, GELU
+            and GRN into far fewer kernels: about twice the backbone's training throughput on a GPU. The
+            first step compiles (about a minute); each new input shape compiles again. When the compiled
+            forward is built, mmdet's ``DYNAMO_CACHE_SIZE_LIMIT`` environment variable, if set, becomes
+            dynamo's cache size limit. Defaults to False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads weights in
             :meth:`init_weights` through the strict loader of :mod:`convnextv2_dense.weights`.
             Defaults to None.
@@ -77,9 +86,7 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         self.out_channels = tuple(channels[name] for name in selected)
         self.strides = tuple(STAGE_STRIDES[name] for name in selected)
         self.frozen_stages = frozen_stages
-        if not isinstance(compile, (bool, dict)):
-            raise ValueError(f'compile must be a bool or a dict of torch.compile arguments, got {compile!r}')
-        self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
+        self.compile_cfg, self.compile_inference = compile_settings(compile)
         self.init_cfg = init_cfg
         self.out_norms = nn.ModuleDict({name: LayerNorm2d(channels[name]) for name in selected})
         self._last_stage = max(STAGE_NAMES.index(name) for name in selected)
@@ -87,14 +94,22 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return a tuple of NCHW feature maps, one per selected stage, in stage order."""
-        if self.compile_cfg is not None and not torch.compiler.is_compiling():
+        if self._runs_compiled():
             return self._compiled_features()(x)
         return self._features(x)
+
+    def _runs_compiled(self) -> bool:
+        # Compiled where it pays: training steps (every call with inference=True), and never while a graph
+        # of the model is being captured (jit trace/script, ONNX export, FX, dynamo, torch.export).
+        if self.compile_cfg is None or is_capturing():
+            return False
+        return self.compile_inference or (self.training and torch.is_grad_enabled())
 
     def _compiled_features(self):
         # Cached per module object, so a deep copy (EMA, model wrappers) compiles its own forward.
         owner, fn = self.__dict__.get('_compiled', (None, None))
         if owner != id(self):
+            apply_dynamo_cache_size_limit()
             fn = torch.compile(self._features, **self.compile_cfg)
             self.__dict__['_compiled'] = (id(self), fn)
         return fn
@@ -151,3 +166,50 @@ def memory_layout(x: torch.Tensor) -> torch.memory_format:
     NCHW tensor with one pixel or one image can pass both contiguity tests)."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+TORCH_COMPILE_ARGS = tuple(name for name in inspect.signature(torch.compile).parameters if name != 'model')
+
+
+def compile_settings(compile: bool | dict) -> tuple[dict | None, bool]:
+    """``compile`` -> (``torch.compile`` keyword arguments or None when off, whether inference compiles too).
+
+    Raises:
+        ValueError: Not a bool or dict, a key ``torch.compile`` does not take, or a non-bool ``inference``.
+    """
+    if not isinstance(compile, (bool, dict)):
+        raise ValueError('compile must be a bool or a dict of torch.compile arguments (plus inference=True/False), '
+                         f'got {compile!r}')
+    if compile is False:
+        return None, False
+    kwargs = dict(compile) if isinstance(compile, dict) else {}
+    inference = kwargs.pop('inference', False)
+    if not isinstance(inference, bool):
+        raise ValueError(f'compile: inference must be True or False, got {inference!r}')
+    unknown = sorted(set(kwargs) - set(TORCH_COMPILE_ARGS))
+    if unknown:
+        raise ValueError(f'compile: torch.compile takes no {", ".join(map(repr, unknown))}; '
+                         f'its arguments are {", ".join(TORCH_COMPILE_ARGS)} (and ours, inference)')
+    return kwargs, inference
+
+
+DYNAMO_CACHE_SIZE_LIMIT = 'DYNAMO_CACHE_SIZE_LIMIT'
+
+
+def apply_dynamo_cache_size_limit() -> int | None:
+    """Set dynamo's cache size limit from ``$DYNAMO_CACHE_SIZE_LIMIT``, as mmdet's ``tools/train.py`` does.
+
+    Returns:
+        int | None: The limit set, or None when the variable is not set (torch's default stays).
+
+    Raises:
+        ValueError: The variable is set to something other than a non-negative integer.
+    """
+    text = os.environ.get(DYNAMO_CACHE_SIZE_LIMIT)
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise ValueError(f'{DYNAMO_CACHE_SIZE_LIMIT} must be a non-negative integer, got {text!r}')
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = int(text)
+    return int(text)
