@@ -12,13 +12,13 @@ PYTEST_ARGS ?=
 FLOOR_VENV ?= .venv-floor
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 # What needs only torch (models, weights and the tools built on them); tests needing mm skip themselves.
-FLOOR_TESTS ?= tests/models tests/weights tests/test_compat.py
+FLOOR_TESTS ?= tests/models tests/weights tests/test_compat.py tests/test_setup.py tests/test_doctor.py
 
 .PHONY: env test test-floor demo demo-seg demo-det clean-env
 
 env: $(STAMP)
 
-$(STAMP): requirements/*.txt setup.py
+$(STAMP): $(filter-out requirements/floor.txt,$(wildcard requirements/*.txt)) setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c $(CONSTRAINTS) torch -r requirements/build.txt
@@ -27,7 +27,7 @@ $(STAMP): requirements/*.txt setup.py
 	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/runtime.txt -r requirements/mminstall.txt \
 		-r requirements/tests.txt -r requirements/optional.txt
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import torch, mmcv, mmdet, mmseg, convnextv2_dense; print('torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__)"
+	$(BIN)/python -m convnextv2_dense.doctor --require-mm  # versions, mmcv ops built for this torch, RoIAlign runs
 	touch $(STAMP)
 
 test: env

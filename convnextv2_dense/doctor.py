@@ -125,7 +125,7 @@ def diagnose(facts: Facts, require_mm: bool = False) -> list[Finding]:
     for name in MM_PACKAGES:
         version = facts.versions.get(name)
         if version is None:
-            findings.append(Finding(name, PROBLEM if require_mm else ABSENT, 'not installed',
+            findings.append(Finding(name, PROBLEM if require_mm else ABSENT, 'needed by the mm configs and tools only',
                                     'make env, or see README "Installing into an existing OpenMMLab environment"'))
         elif name in facts.import_errors:
             findings.append(Finding(name, PROBLEM, f'{version}, but importing it fails: {facts.import_errors[name]}',
@@ -197,7 +197,7 @@ def report(findings: Sequence[Finding]) -> str:
     lines = []
     for f in findings:
         lines.append(f'{f.name:<{width}}  {f.state:<13}  {f.detail}')
-        if f.state == PROBLEM and f.fix:
+        if f.state in (PROBLEM, ABSENT) and f.fix:
             lines.append(f'{"":<{width}}  {"fix:":<13}  {f.fix}')
     broken = sum(f.state == PROBLEM for f in findings)
     lines.append(f'{broken} problem(s) found' if broken else 'no problems found')

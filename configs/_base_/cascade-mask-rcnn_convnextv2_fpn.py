@@ -10,7 +10,8 @@ model = dict(
         arch='tiny',
         out_indices=(0, 1, 2, 3),
         drop_path_rate=0.2,
-        # Off, as in the Mask R-CNN configs: RoI heads make the iteration host-bound (no measured gain) and
-        # multi-scale inputs recompile. compile=True turns it on for training steps only.
+        # Off, as in the Mask R-CNN configs (no measured gain, host-bound RoI heads, multi-scale shapes
+        # recompile). compile=True compiles training steps only.
+        compile=False),
         compile=False),
     neck=dict(in_channels=[96, 192, 384, 768]))
