@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 MIN_TORCH = (2, 1)
+BLOCKED_MODULES = ('sys', 'os', 'posix', 'nt')  # refused outright, not replaced, as torch >= 2.6 does
 
 
 def version_tuple(version: str) -> tuple[int, int]:
@@ -68,8 +69,9 @@ def load_replacing_objects(path: str, placeholder: type) -> Any:
     checkpoint's extra objects (argparse namespaces, numpy scalars, history buffers) never import or run code.
 
     torch >= 2.6 does this itself (``get_unsafe_globals_in_checkpoint`` and ``safe_globals`` with names).
-    Before, a restricted unpickler does it: globals come only from torch's allow-list, and state is set only
-    on tensors, parameters and ordered dicts (the same rules as torch's), never on an allowed class.
+    Before, a restricted unpickler does it: globals come only from torch's allow-list, those of
+    :data:`BLOCKED_MODULES` are refused, and state is set only on tensors, parameters and ordered dicts (the
+    same rules as torch's), never on an allowed class.
 
     Args:
         path (str): A file written by ``torch.save``.
@@ -101,6 +103,9 @@ class _PlaceholderPickle:
             dispatch = dict(pickle._Unpickler.dispatch)
 
             def find_class(self, module: str, name: str) -> Any:
+                if module.split('.')[0] in BLOCKED_MODULES:
+                    raise pickle.UnpicklingError(f'checkpoint asks for GLOBAL {module}.{name}, from a module that '
+                                                 'is never loaded from a checkpoint')
                 return allowed.get(f'{module}.{name}', placeholder)
 
             def load_build(self) -> None:

@@ -31,11 +31,13 @@ class Placeholder:
 
 
 class RunsCode:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
+    def __init__(self, marker: str, via_os: bool = True) -> None:
+        self.marker, self.via_os = marker, via_os
 
     def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
+        if self.via_os:
+            return os.system, (f'touch {self.marker}',)
+        return subprocess.call, (['touch', self.marker],)
 
 
 @pytest.mark.parametrize('version', ['2.0.1', '1.13.1+cu117', '2.0.0a0+gitabc'])
@@ -124,13 +126,22 @@ def test_training_objects_become_placeholders_and_tensors_stay(reader, tmp_path)
     assert isinstance(loaded['param'], torch.nn.Parameter)
 
 
-def test_a_pickle_that_would_run_code_runs_none(reader, tmp_path):
+def test_a_pickle_that_would_run_code_through_os_is_refused_naming_it(reader, tmp_path):
     marker = tmp_path / 'ran'
     path = tmp_path / 'evil.pth'
     torch.save({'w': torch.zeros(1), 'payload': RunsCode(str(marker))}, path)
+    with pytest.raises(pickle.UnpicklingError, match=r'GLOBAL posix\.system'):
+        compat.load_replacing_objects(str(path), Placeholder)
+    assert not marker.exists()
+
+
+def test_a_pickle_that_would_run_code_elsewhere_gets_a_placeholder(reader, tmp_path):
+    marker = tmp_path / 'ran'
+    path = tmp_path / 'evil.pth'
+    torch.save({'w': torch.zeros(1), 'payload': RunsCode(str(marker), via_os=False)}, path)
     loaded = compat.load_replacing_objects(str(path), Placeholder)
     assert not marker.exists()
-    assert isinstance(loaded['payload'], Placeholder) and loaded['payload'].args == (f'touch {marker}',)
+    assert isinstance(loaded['payload'], Placeholder) and loaded['payload'].args == (['touch', str(marker)],)
 
 
 def test_old_torch_reader_refuses_to_set_state_on_an_allowed_class():

@@ -13,5 +13,4 @@ model = dict(
         # Off, as in the Mask R-CNN configs (no measured gain, host-bound RoI heads, multi-scale shapes
         # recompile). compile=True compiles training steps only.
         compile=False),
-        compile=False),
     neck=dict(in_channels=[96, 192, 384, 768]))

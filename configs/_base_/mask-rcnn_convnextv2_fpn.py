@@ -16,7 +16,5 @@ model = dict(
         # busy ~200 of 339 ms with HF's backbone), and the 1x recipe's multi-scale shapes recompile.
         # compile=True compiles training steps only (DYNAMO_CACHE_SIZE_LIMIT is honoured).
         compile=False),
-        # turns it on for training steps only (DYNAMO_CACHE_SIZE_LIMIT is honoured), as in the UperNet configs.
-        compile=False),
     neck=dict(in_channels=[128, 256, 512, 1024]),
     test_cfg=dict(rcnn=dict(nms=dict(type='soft_nms', iou_threshold=0.5))))

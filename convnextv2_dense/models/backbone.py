@@ -4,10 +4,9 @@ Plain PyTorch. The OpenMMLab adapters in :mod:`convnextv2_dense.mm` register thi
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import inspect
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import nn

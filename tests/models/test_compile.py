@@ -119,12 +119,15 @@ def test_settings_split_torch_arguments_from_ours():
 
 def test_dynamo_cache_size_limit_is_taken_from_the_environment_when_compiling(recorder, monkeypatch):
     import torch._dynamo
-    monkeypatch.setattr(torch._dynamo.config, 'cache_size_limit', torch._dynamo.config.cache_size_limit)
-    monkeypatch.setenv('DYNAMO_CACHE_SIZE_LIMIT', '3')
-    model(False).eval()(torch.randn(1, 3, 32, 32))
-    assert torch._dynamo.config.cache_size_limit != 3 or recorder.built  # eager: nothing set yet
-    model()(torch.randn(1, 3, 32, 32))
-    assert torch._dynamo.config.cache_size_limit == 3
+    before = torch._dynamo.config.cache_size_limit  # restored by hand: dynamo's config module is no plain module
+    monkeypatch.setenv('DYNAMO_CACHE_SIZE_LIMIT', str(before + 3))
+    try:
+        model().eval()(torch.randn(1, 3, 32, 32))
+        assert torch._dynamo.config.cache_size_limit == before  # eager: nothing compiled, nothing set
+        model()(torch.randn(1, 3, 32, 32))
+        assert torch._dynamo.config.cache_size_limit == before + 3
+    finally:
+        torch._dynamo.config.cache_size_limit = before
 
 
 def test_without_the_variable_torchs_limit_stays(monkeypatch):
