@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 MM_PACKAGES = ('mmengine', 'mmcv', 'mmdet', 'mmseg')
+DISTRIBUTIONS = {'mmcv': ('mmcv', 'mmcv-lite'), 'mmseg': ('mmsegmentation',)}  # pip names where they differ
 OK, PROBLEM, ABSENT, NOTE = 'ok', 'PROBLEM', 'not installed', 'note'
 ROI_EXPECTED = 7.5  # the mean of 4y + x at y, x in {0.75, 2.25}: see run_roi_align
 REBUILD_MMCV = ('pip uninstall -y mmcv && pip cache remove mmcv && '
@@ -81,11 +82,14 @@ def collect(roi_align: Callable[[str], str] = run_roi_align) -> Facts:
     from importlib import import_module, metadata
     facts = Facts(python=platform.python_version())
     for name in ('torch', *MM_PACKAGES):
-        dist = 'mmsegmentation' if name == 'mmseg' else name
-        try:
-            facts.versions[name] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            facts.versions[name] = None
+        facts.versions[name] = None
+        for dist in DISTRIBUTIONS.get(name, (name,)):
+            try:
+                facts.versions[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                pass
+        if facts.versions[name] is None:
             continue
         try:
             module = import_module(name)
@@ -99,7 +103,10 @@ def collect(roi_align: Callable[[str], str] = run_roi_align) -> Facts:
         except ImportError as err:
             facts.import_errors['torch'] = str(err)
         facts.torch_cuda = torch.version.cuda
-        facts.gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        try:
+            facts.gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        except Exception as err:  # noqa: BLE001 - a broken driver; torch then runs on the CPU only
+            facts.import_errors.setdefault('torch', f'torch sees a GPU but cannot use it: {err}')
     if facts.versions.get('mmcv') and 'mmcv' not in facts.import_errors and 'torch' in sys.modules:
         try:
             from mmcv.ops import get_compiling_cuda_version
