@@ -64,3 +64,18 @@ def test_full_iteration_table_on_cpu(tmp_path, capsys, config, extra):
     # Same heads and the same layer-decay groups for both backbones, so the rows compare.
     assert rows[0]['extra']['param_groups'] == rows[1]['extra']['param_groups']
     assert rows[0]['extra']['params_m'] == pytest.approx(rows[1]['extra']['params_m'])
+
+
+def test_the_ours_row_runs_eager_even_where_the_config_compiles(tmp_path, monkeypatch):
+    pytest.importorskip('mmengine')
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the ours row compiled')
+
+    monkeypatch.setattr(torch, 'compile', refuse)
+    json_out = tmp_path / 'full.json'
+    argv = ['full', '--config', 'configs/upernet_convnextv2_atto_ade20k.py', '--backbone-impl', 'ours', '--device', 'cpu',
+            '--warmup', '1', '--iters', '1', '--img-size', '64', '--json-out', str(json_out)]
+    assert load_tool().main(argv) == 0
+    assert [row['status'] for row in json.loads(json_out.read_text())['rows']] == ['ok']
