@@ -52,9 +52,10 @@ def is_compiling() -> bool:
 def is_capturing() -> bool:
     """True while the calling code is being recorded as a graph rather than just run: torch.jit tracing or
     scripting, ONNX export, torch.fx symbolic tracing, or dynamo / torch.export tracing."""
-    from torch.fx._symbolic_trace import is_fx_tracing
+    from torch.fx import _symbolic_trace
+    fx_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', None) or _symbolic_trace.is_fx_tracing  # 2.13+
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or is_fx_tracing() or is_compiling())
+            or fx_tracing() or is_compiling())
 
 
 def safe_globals() -> list:

@@ -46,7 +46,8 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
             A dict holds ``torch.compile`` keyword arguments (``mode``, ``dynamic``, ...) and our own
             ``inference`` (bool): True compiles eval and no-grad calls too. Compiling fuses LayerNorm, GELU
             and GRN into far fewer kernels: about twice the backbone's training throughput on a GPU. The
-            first step compiles (about a minute); each new input shape compiles again. When the compiled
+            first step compiles (about a minute); each new input shape compiles again (``dynamic`` defaults
+            to False: torch 2.13's inductor fails on this model's dynamic-shape graphs). When the compiled
             forward is built, mmdet's ``DYNAMO_CACHE_SIZE_LIMIT`` environment variable, if set, becomes
             dynamo's cache size limit. Defaults to False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads weights in
@@ -189,6 +190,7 @@ def compile_settings(compile: bool | dict) -> tuple[dict | None, bool]:
     if unknown:
         raise ValueError(f'compile: torch.compile takes no {", ".join(map(repr, unknown))}; '
                          f'its arguments are {", ".join(TORCH_COMPILE_ARGS)} (and ours, inference)')
+    kwargs.setdefault('dynamic', False)  # a new shape recompiles: dynamic-shape graphs of it fail in inductor
     return kwargs, inference
 
 

@@ -45,7 +45,7 @@ def test_a_training_step_runs_compiled_and_builds_once(recorder):
     x = torch.randn(1, 3, 32, 32)
     m(x)
     m(x)
-    assert recorder.built == [dict(mode='max-autotune')] and recorder.runs == 2
+    assert recorder.built == [dict(mode='max-autotune', dynamic=False)] and recorder.runs == 2
 
 
 def test_eval_and_no_grad_run_eager(recorder):
@@ -113,8 +113,13 @@ def test_bad_compile_settings_are_named(bad, message):
 
 def test_settings_split_torch_arguments_from_ours():
     assert compile_settings(False) == (None, False)
-    assert compile_settings(True) == ({}, False)
-    assert compile_settings(dict(mode='reduce-overhead', inference=True)) == ({'mode': 'reduce-overhead'}, True)
+    assert compile_settings(True) == ({'dynamic': False}, False)
+    assert compile_settings(dict(mode='reduce-overhead', inference=True)) == ({'mode': 'reduce-overhead',
+                                                                                'dynamic': False}, True)
+    assert compile_settings(dict(dynamic=None)) == ({'dynamic': None}, False)  # the user's choice stays
+    # dynamic=False by default: at a model's second input size, dynamo's automatic dynamic shapes would build a
+    # dynamic-shape graph, which torch 2.13's inductor fails to compile for this model ("cannot determine
+    # truth value of Relational"); seen on the CPU, too slow (minutes) for a test here.
 
 
 def test_dynamo_cache_size_limit_is_taken_from_the_environment_when_compiling(recorder, monkeypatch):
@@ -139,3 +144,4 @@ def test_a_bad_cache_size_limit_is_named(monkeypatch):
     monkeypatch.setenv('DYNAMO_CACHE_SIZE_LIMIT', 'lots')
     with pytest.raises(ValueError, match="DYNAMO_CACHE_SIZE_LIMIT must be a non-negative integer, got 'lots'"):
         backbone_module.apply_dynamo_cache_size_limit()
+
