@@ -40,6 +40,11 @@ def check_torch_version(version: str) -> None:
 check_torch_version(torch.__version__)
 TORCH = version_tuple(torch.__version__)
 
+from torch.fx import _symbolic_trace as _fx  # noqa: E402 - after the version check
+
+# torch.fx.symbolic_trace in progress; newer torch names it so (its is_fx_tracing warns and covers export too)
+_is_fx_symbolic_tracing = getattr(_fx, 'is_fx_symbolic_tracing', _fx.is_fx_tracing)
+
 
 def is_compiling() -> bool:
     """True while dynamo (``torch.compile``, ``torch.export``) traces the calling code."""
@@ -52,10 +57,8 @@ def is_compiling() -> bool:
 def is_capturing() -> bool:
     """True while the calling code is being recorded as a graph rather than just run: torch.jit tracing or
     scripting, ONNX export, torch.fx symbolic tracing, or dynamo / torch.export tracing."""
-    from torch.fx import _symbolic_trace
-    fx_tracing = getattr(_symbolic_trace, 'is_fx_symbolic_tracing', None) or _symbolic_trace.is_fx_tracing  # 2.13+
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-            or fx_tracing() or is_compiling())
+            or _is_fx_symbolic_tracing() or is_compiling())
 
 
 def safe_globals() -> list:
