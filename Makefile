@@ -9,11 +9,16 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= work_dirs/demo
 PYTEST_ARGS ?=
 
-.PHONY: env test demo demo-seg demo-det clean-env
+FLOOR_VENV ?= .venv-floor
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+# What needs only torch (models, weights and the tools built on them); tests needing mm skip themselves.
+FLOOR_TESTS ?= tests/models tests/weights tests/test_compat.py tests/test_setup.py tests/test_doctor.py
+
+.PHONY: env test test-floor demo demo-seg demo-det clean-env
 
 env: $(STAMP)
 
-$(STAMP): requirements/*.txt setup.py
+$(STAMP): $(filter-out requirements/floor.txt,$(wildcard requirements/*.txt)) setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c $(CONSTRAINTS) torch -r requirements/build.txt
@@ -22,11 +27,20 @@ $(STAMP): requirements/*.txt setup.py
 	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/runtime.txt -r requirements/mminstall.txt \
 		-r requirements/tests.txt -r requirements/optional.txt
 	$(PIP) install -q -c $(CONSTRAINTS) --no-deps --no-build-isolation -e .
-	$(BIN)/python -c "import torch, mmcv, mmdet, mmseg, convnextv2_dense; print('torch', torch.__version__, '| mmcv', mmcv.__version__, '| mmdet', mmdet.__version__, '| mmseg', mmseg.__version__)"
+	$(BIN)/python -m convnextv2_dense.doctor --require-mm  # versions, mmcv ops built for this torch, RoIAlign runs
 	touch $(STAMP)
 
 test: env
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+# The declared minimums (requirements/floor.txt) in a second, torch-only environment: proves torch>=2.1 holds.
+$(FLOOR_STAMP): requirements/floor.txt
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check install -q -r requirements/floor.txt
+	touch $(FLOOR_STAMP)
+
+test-floor: $(FLOOR_STAMP)
+	PYTHONPATH=$(CURDIR) $(FLOOR_VENV)/bin/python -m pytest $(FLOOR_TESTS) $(PYTEST_ARGS)
 
 demo: demo-seg demo-det
 
@@ -37,4 +51,4 @@ demo-det: env
 	$(BIN)/python tools/run_demo.py det --work-dir $(DEMO_DIR)/mask-rcnn --backbone-from $(DEMO_DIR)/upernet/train
 
 clean-env:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(FLOOR_VENV)

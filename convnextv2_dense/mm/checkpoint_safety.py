@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ..compat import safe_globals
+
 
 @functools.cache
 def _allowed_globals() -> dict[str, Any]:
@@ -27,7 +29,7 @@ def _allowed_globals() -> dict[str, Any]:
     from torch import _weights_only_unpickler
 
     allowed = dict(_weights_only_unpickler._get_allowed_globals())
-    for obj in torch.serialization.get_safe_globals():
+    for obj in safe_globals():  # what the user allow-listed in torch (torch >= 2.5)
         if isinstance(obj, tuple):
             obj, name = obj
         else:

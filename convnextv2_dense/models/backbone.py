@@ -4,12 +4,15 @@ Plain PyTorch. The OpenMMLab adapters in :mod:`convnextv2_dense.mm` register thi
 """
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..compat import is_capturing
 from .archs import resolve_arch
 from .hf_config import HFConfig, hf_arch_kwargs, hf_out_features_of
 from .block import Block
@@ -53,10 +56,16 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
             makes it faster (large maps, many images); True: every block, in inference too; False: never
             (the plain PyTorch block). The CPU, ``torch.compile``, tracing and export always run the
             plain block. Defaults to None.
-        compile (bool | dict): Run the forward pass through ``torch.compile`` (a dict is passed to it as
-            keyword arguments). It fuses LayerNorm, GELU and GRN into far fewer kernels: about twice the
-            backbone's training throughput on a GPU. The first step compiles (about a minute); each new
-            input shape compiles again. Defaults to False.
+        compile (bool | dict): ``torch.compile`` of the forward pass, for training: it runs compiled only
+            in train mode with gradients enabled, and never while the model is traced, scripted, exported
+            (ONNX, ``torch.export``) or FX-traced, so test, inference, FLOPs counting and export run eager.
+            A dict holds ``torch.compile`` keyword arguments (``mode``, ``dynamic``, ...) and our own
+            ``inference`` (bool): True compiles eval and no-grad calls too. Compiling fuses LayerNorm, GELU
+            and GRN into far fewer kernels: about twice the backbone's training throughput on a GPU. The
+            first step compiles (about a minute); each new input shape compiles again (``dynamic`` defaults
+            to False: torch 2.13's inductor fails on this model's dynamic-shape graphs). When the compiled
+            forward is built, mmdet's ``DYNAMO_CACHE_SIZE_LIMIT`` environment variable, if set, becomes
+            dynamo's cache size limit. Defaults to False.
         init_cfg (dict, optional): ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads weights in
             :meth:`init_weights` through the strict loader of :mod:`convnextv2_dense.weights`.
             Defaults to None.
@@ -109,9 +118,7 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         for module in self.modules():
             if isinstance(module, Block):
                 module.fused_block = fused_block
-        if not isinstance(compile, (bool, dict)):
-            raise ValueError(f'compile must be a bool or a dict of torch.compile arguments, got {compile!r}')
-        self.compile_cfg = (dict(compile) if isinstance(compile, dict) else {}) if compile else None
+        self.compile_cfg, self.compile_inference = compile_settings(compile)
         self.init_cfg = init_cfg
         self.out_norms = nn.ModuleDict({name: LayerNorm2d(channels[name]) for name in selected})
         self._freeze()
@@ -145,14 +152,22 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return a tuple of NCHW feature maps, one per selected stage, in stage order."""
-        if self.compile_cfg is not None and not torch.compiler.is_compiling():
+        if self._runs_compiled():
             return self._compiled_features()(x)
         return self._features(x)
+
+    def _runs_compiled(self) -> bool:
+        # Compiled where it pays: training steps (every call with inference=True), and never while a graph
+        # of the model is being captured (jit trace/script, ONNX export, FX, dynamo, torch.export).
+        if self.compile_cfg is None or is_capturing():
+            return False
+        return self.compile_inference or (self.training and torch.is_grad_enabled())
 
     def _compiled_features(self):
         # Cached per module object, so a deep copy (EMA, model wrappers) compiles its own forward.
         owner, fn = self.__dict__.get('_compiled', (None, None))
         if owner != id(self):
+            apply_dynamo_cache_size_limit()
             fn = torch.compile(self._features, **self.compile_cfg)
             self.__dict__['_compiled'] = (id(self), fn)
         return fn
@@ -210,3 +225,51 @@ def memory_layout(x: torch.Tensor) -> torch.memory_format:
     NCHW tensor with one pixel or one image can pass both contiguity tests)."""
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+TORCH_COMPILE_ARGS = tuple(name for name in inspect.signature(torch.compile).parameters if name != 'model')
+
+
+def compile_settings(compile: bool | dict) -> tuple[dict | None, bool]:
+    """``compile`` -> (``torch.compile`` keyword arguments or None when off, whether inference compiles too).
+
+    Raises:
+        ValueError: Not a bool or dict, a key ``torch.compile`` does not take, or a non-bool ``inference``.
+    """
+    if not isinstance(compile, (bool, dict)):
+        raise ValueError('compile must be a bool or a dict of torch.compile arguments (plus inference=True/False), '
+                         f'got {compile!r}')
+    if compile is False:
+        return None, False
+    kwargs = dict(compile) if isinstance(compile, dict) else {}
+    inference = kwargs.pop('inference', False)
+    if not isinstance(inference, bool):
+        raise ValueError(f'compile: inference must be True or False, got {inference!r}')
+    unknown = sorted(set(kwargs) - set(TORCH_COMPILE_ARGS))
+    if unknown:
+        raise ValueError(f'compile: torch.compile takes no {", ".join(map(repr, unknown))}; '
+                         f'its arguments are {", ".join(TORCH_COMPILE_ARGS)} (and ours, inference)')
+    kwargs.setdefault('dynamic', False)  # a new shape recompiles: dynamic-shape graphs of it fail in inductor
+    return kwargs, inference
+
+
+DYNAMO_CACHE_SIZE_LIMIT = 'DYNAMO_CACHE_SIZE_LIMIT'
+
+
+def apply_dynamo_cache_size_limit() -> int | None:
+    """Set dynamo's cache size limit from ``$DYNAMO_CACHE_SIZE_LIMIT``, as mmdet's ``tools/train.py`` does.
+
+    Returns:
+        int | None: The limit set, or None when the variable is not set (torch's default stays).
+
+    Raises:
+        ValueError: The variable is set to something other than a non-negative integer.
+    """
+    text = os.environ.get(DYNAMO_CACHE_SIZE_LIMIT)
+    if text is None:
+        return None
+    if not text.strip().isdigit():
+        raise ValueError(f'{DYNAMO_CACHE_SIZE_LIMIT} must be a non-negative integer, got {text!r}')
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = int(text)
+    return int(text)

@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
+from ..compat import load_replacing_objects
+
 CACHE_ENV = 'CONVNEXTV2_CACHE'
 META_KEY = 'convnextv2_dense'  # the safetensors metadata entry and the ``meta['format']`` of our files
 WRAPPERS = ('state_dict', 'model', 'module')
@@ -185,12 +187,7 @@ class _Inert:
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``, with every global the safe unpickler refuses made inert."""
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files; torch.load below reports the real error
-        unsafe = []
-    try:
-        with torch.serialization.safe_globals([(_Inert, name) for name in unsafe]):
-            return torch.load(str(path), map_location='cpu', weights_only=True)
+        return load_replacing_objects(str(path), _Inert)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         boilerplate = ('Weights only load failed', 'Please file an issue', 'Check the documentation', '(1)',
                        '(2)', 'WeightsUnpickler error')

@@ -300,8 +300,9 @@ def test_upernet_lr_is_for_batch_16(path):
 
 
 @pytest.mark.parametrize('path', [p for p in LEAVES if p.parent.name != 'demo'], ids=lambda p: p.name)
-def test_gpu_configs_compile_the_backbone_and_demos_do_not(path):
-    assert load(path).model.backbone.compile is True
+def test_upernet_configs_compile_training_and_detection_configs_do_not(path):
+    # UperNet trains on fixed crops and gained on an H100; the RoI-head detectors gained ~0 (README, "Speed").
+    assert load(path).model.backbone.compile is path.name.startswith('upernet_')
 
 
 @pytest.mark.parametrize('path', [p for p in LEAVES if p.parent.name == 'demo'], ids=lambda p: p.name)

@@ -93,3 +93,18 @@ def test_full_iteration_handles_cascades_list_of_bbox_heads(tmp_path):
     report = full_benchmark(FullSettings(config, img_per_gpu=1, img_size=64, boxes=2, warmup=1, iters=1,
                                          device='cpu'), log=lambda line: None)
     assert [row['status'] for row in report['rows']] == ['ok']
+
+
+def test_the_ours_row_runs_eager_even_where_the_config_compiles(tmp_path, monkeypatch):
+    pytest.importorskip('mmengine')
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError('the ours row compiled')
+
+    monkeypatch.setattr(torch, 'compile', refuse)
+    json_out = tmp_path / 'full.json'
+    argv = ['full', '--config', 'configs/upernet_convnextv2_atto_ade20k.py', '--backbone-impl', 'ours', '--device', 'cpu',
+            '--warmup', '1', '--iters', '1', '--img-size', '64', '--json-out', str(json_out)]
+    assert load_tool().main(argv) == 0
+    assert [row['status'] for row in json.loads(json_out.read_text())['rows']] == ['ok']
