@@ -20,8 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-import torch
+# Triton reads TRITON_INTERPRET once, when it is first imported (torch or any test module may import it):
+# set it before anything does, so the fused block's kernels run interpreted on the CPU in every test.
+os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

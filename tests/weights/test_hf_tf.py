@@ -72,7 +72,7 @@ def test_tf_folder_without_pytorch_weights(tmp_path, writers, atto_classifier, i
     folder = tmp_path / 'hf_tf'
     folder.mkdir()
     writers.keras_h5(folder / 'tf_model.h5', writers.hf_tf(atto_classifier.state_dict(), 'model'), 'model')
-    (folder / 'config.json').write_text(json.dumps({'model_type': 'convnextv2', 'layer_norm_eps': 1e-12}))
+    (folder / 'config.json').write_text(json.dumps(writers.hf_config('atto', layer_norm_eps=1e-12)))
     backbone = ConvNeXtV2.from_pretrained(folder).eval()
     assert backbone.load_report.format == 'hf-tf'
     assert set(backbone.load_report.ignored) == {'norm.weight', 'norm.bias'}
@@ -85,7 +85,7 @@ def test_tf_folder_without_pytorch_weights(tmp_path, writers, atto_classifier, i
 @torch.no_grad()
 def test_tf_sharded_folder(tmp_path, writers, atto_classifier, image):
     folder = writers.hf_tf_shards(tmp_path / 'sharded', writers.hf_tf(atto_classifier.state_dict(), 'classifier'))
-    (folder / 'config.json').write_text(json.dumps({'model_type': 'convnextv2', 'layer_norm_eps': 1e-6}))
+    (folder / 'config.json').write_text(json.dumps(writers.hf_config('atto', layer_norm_eps=1e-6)))
     raw = read_checkpoint(folder)
     assert len(raw.files) == 2
     model = ConvNeXtV2Classifier.from_pretrained(folder).eval()
