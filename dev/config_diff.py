@@ -42,9 +42,17 @@ def flatten(value: Any, prefix: str = '') -> dict[str, Any]:
     return {prefix: value}
 
 
-def merged(path: Path) -> dict[str, Any]:
+def merged(path: Path, keep_scope: bool = False) -> dict[str, Any]:
+    """The dotted keys of the merged config. ``_scope_`` markers equal to the config's ``default_scope`` (which
+    mmengine adds to whatever comes from an ``mmdet::`` / ``mmseg::`` base) change nothing and are dropped
+    unless ``keep_scope``."""
     from mmengine.config import Config
-    return flatten(Config.fromfile(str(path)).to_dict())
+    cfg = Config.fromfile(str(path)).to_dict()
+    items = flatten(cfg)
+    if not keep_scope:
+        items = {k: v for k, v in items.items()
+                 if not (k.rsplit('.', 1)[-1] == '_scope_' and v == cfg.get('default_scope'))}
+    return items
 
 
 def checkout_configs(rev: str, into: Path) -> None:
@@ -55,14 +63,14 @@ def checkout_configs(rev: str, into: Path) -> None:
         tar.extractall(into, filter='data')
 
 
-def diff(rev: str, quiet: bool = False) -> int:
+def diff(rev: str, quiet: bool = False, keep_scope: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         old_root = Path(tmp)
         checkout_configs(rev, old_root)
         old, new = set(leaves(old_root)), set(leaves(REPO))
         changed = 0
         for name in sorted(old & new):
-            before, after = merged(old_root / name), merged(REPO / name)
+            before, after = merged(old_root / name, keep_scope), merged(REPO / name, keep_scope)
             keys = sorted(k for k in before.keys() | after.keys() if before.get(k, '<absent>') != after.get(k, '<absent>'))
             if keys:
                 changed += 1
@@ -84,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('rev', help='git revision to compare the working tree with')
     parser.add_argument('--quiet', action='store_true', help='print only the summary line')
+    parser.add_argument('--keep-scope', action='store_true', help='also report `_scope_` markers that equal the '
+                        "config's default_scope")
     args = parser.parse_args(argv)
     import convnextv2_dense  # noqa: F401  (registers our classes, as tools/train.py does)
-    return diff(args.rev, args.quiet)
+    return diff(args.rev, args.quiet, args.keep_scope)
 
 
 if __name__ == '__main__':
