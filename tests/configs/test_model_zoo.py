@@ -6,6 +6,7 @@ count is the built model's, and the FLOPs of the smallest arch are counted again
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 def zoo():
     spec = importlib.util.spec_from_file_location('model_zoo', REPO / 'dev' / 'model_zoo.py')
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
 def models_in_metafiles(zoo) -> dict[str, dict]:
