@@ -71,7 +71,8 @@ def diff(rev: str, quiet: bool = False, keep_scope: bool = False) -> int:
         changed = 0
         for name in sorted(old & new):
             before, after = merged(old_root / name, keep_scope), merged(REPO / name, keep_scope)
-            keys = sorted(k for k in before.keys() | after.keys() if before.get(k, '<absent>') != after.get(k, '<absent>'))
+            keys = sorted(k for k in before.keys() | after.keys()
+                          if before.get(k, '<absent>') != after.get(k, '<absent>'))
             if keys:
                 changed += 1
                 if not quiet:
