@@ -29,6 +29,18 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# `tools/test.py --tta`: the base's ratios (0.75..1.25) of this demo's test size instead of ADE20K's 2048x512
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(round(crop_size[0] * r), round(crop_size[1] * r)), keep_ratio=True)
+         for r in _base_.img_ratios],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations', reduce_zero_label=True)],
+        [dict(type='PackSegInputs')],
+    ]),
+]
 dataset = dict(data_root=data_root, metainfo=dict(classes=classes))
 train_dataloader = dict(batch_size=8, num_workers=2, persistent_workers=True,
                         dataset=dict(**dataset, pipeline=train_pipeline))
