@@ -128,6 +128,19 @@ def test_loads_from_an_absolute_path(path):
     assert load(path).model.backbone.type == 'ConvNeXtV2'
 
 
+HEAD_IN_NAME = {'upernet_': 'EncoderDecoder', 'mask-rcnn_': 'MaskRCNN', 'cascade-mask-rcnn_': 'CascadeRCNN'}
+
+
+@pytest.mark.parametrize('path', ALL)
+def test_file_name_says_the_model_and_schedule_it_configures(path):
+    """The tests select configs by content; this keeps each file name's promise about that content."""
+    cfg = load(path)
+    head = [model for prefix, model in HEAD_IN_NAME.items() if path.name.startswith(prefix)]
+    assert head == [cfg.model.type]
+    assert ('_3x_' in path.name) == (cfg.train_cfg.get('max_epochs') == 36)
+    assert ('_1x_' in path.name) == (cfg.train_cfg.get('max_epochs') == 12 and not is_demo(path))
+
+
 @pytest.mark.parametrize('path', ALL)
 def test_arch_in_the_file_name_is_the_configured_arch(path):
     assert load(path).model.backbone.arch == arch_of(path)
