@@ -1,9 +1,10 @@
 _base_ = ['./_base_/mask-rcnn_convnextv2_fpn.py', './_base_/coco_instance_lsj_3x.py']
 
-# ConvNeXt V2-Pico, ImageNet-1K fine-tuned weights; another checkpoint (a path, URL or HF repo id):
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
+# ConvNeXt V2-Pico, started as in the paper: ImageNet-1K FCMAE pre-training only, no fine-tuning.
+# From the IN-1K fine-tuned weights: mask-rcnn_convnextv2_pico-in1k-ft-pre_fpn_3x_coco.py.
+# Another checkpoint (a path, URL or HF repo id): --cfg-options model.backbone.init_cfg.checkpoint=PATH
 arch, channels, drop_path_rate = 'pico', (64, 128, 256, 512), 0.1
-checkpoint = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_pico_1k_224_ema.pt'
+checkpoint = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/pt_only/convnextv2_pico_1k_224_fcmae.pt'
 model = dict(
     backbone=dict(arch=arch, drop_path_rate=drop_path_rate, init_cfg=dict(type='Pretrained', checkpoint=checkpoint)),
     neck=dict(in_channels=list(channels)))

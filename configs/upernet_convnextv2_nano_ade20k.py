@@ -1,4 +1,4 @@
-_base_ = './_base_/upernet_convnextv2_ade20k.py'
+_base_ = ['./_base_/upernet_convnextv2.py', './_base_/ade20k_160k.py']
 
 # ConvNeXt V2-Nano, ImageNet-1K fine-tuned weights; another checkpoint (a path, URL or HF repo id):
 #   --cfg-options model.backbone.init_cfg.checkpoint=PATH

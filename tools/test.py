@@ -28,7 +28,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--show-dir', metavar='DIR', help='write images with predictions drawn on them here')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays up')
     parser.add_argument('--tta', action='store_true',
-                        help='segmentation: multi-scale (0.75, 1.0, 1.25) + flip test')
+                        help="segmentation: the config's tta_pipeline (shipped configs: the paper's multi-scale "
+                        'test, 0.75..1.25 x 2048x512, each also flipped)')
     add_common_args(parser)
     return parser.parse_args()
 

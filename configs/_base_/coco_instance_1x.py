@@ -1,10 +1,10 @@
 # COCO instance segmentation, the standard 1x multi-scale recipe for quick baselines: shorter side
-# 480..800, 12 epochs with steps at 8 and 11, batch 16 (8 GPUs x 2), AdamW lr 1e-4, weight decay 0.05,
-# layer-wise lr decay through our constructor, fp16 AMP (mmcv's roi_align has no bf16 kernel).
+# 480..800, 12 epochs with steps at 8 and 11, batch 16 (8 GPUs x 2), layer-wise lr decay 0.95, fp16 AMP
+# (mmcv's roi_align has no bf16 kernel); the optimizer is adamw_layer_decay.py's.
 _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
-    'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    './adamw_layer_decay.py',
 ]
 
 backend_args = None
@@ -20,17 +20,12 @@ val_evaluator = dict(classwise=True)
 test_evaluator = val_evaluator
 
 max_epochs = 12
-train_cfg = dict(max_epochs=max_epochs)
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11], gamma=0.1),
 ]
-optim_wrapper = dict(
-    _delete_=True,
-    type='AmpOptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True),  # one kernel a group
-    constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
-# The lr is for 16 images per iteration; `--auto-scale-lr` scales it to the real batch.
-auto_scale_lr = dict(enable=False, base_batch_size=16)
+optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
 default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3))

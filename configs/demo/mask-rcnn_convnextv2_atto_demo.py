@@ -43,12 +43,8 @@ test_evaluator = val_evaluator
 
 max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs, val_interval=4)
-optim_wrapper = dict(
-    _delete_=True,
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    constructor='ConvNeXtV2LayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
+# the recipe's optimizer and layer decay (adamw_layer_decay.py, coco_instance_1x.py), in fp32, at this batch's lr
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=2e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9, 11], gamma=0.1),

@@ -27,8 +27,13 @@ from convnextv2_dense import ARCHS, ConvNeXtV2  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / 'configs'
 LEAVES = sorted([*CONFIGS.glob('*.py'), *(CONFIGS / 'demo').glob('*.py')])
-ARCH_IN_NAME = re.compile(r'_convnextv2_([a-z]+)_')
+ARCH_IN_NAME = re.compile(r'_convnextv2_([a-z]+)[-_]')
 BIG = ('large', 'huge')
+
+
+@functools.cache
+def _load(path: Path) -> Config:
+    return Config.fromfile(str(path))
 
 
 def name_of(path: Path) -> str:
@@ -36,6 +41,7 @@ def name_of(path: Path) -> str:
 
 
 def arch_of(path: Path) -> str:
+    """The arch the file name promises (``_convnextv2_ARCH_`` or ``_convnextv2_ARCH-TAG_``)."""
     found = ARCH_IN_NAME.search(path.name)
     assert found, f'{path.name} does not say its arch as _convnextv2_ARCH_'
     return found.group(1)
@@ -45,30 +51,44 @@ def select(predicate) -> list:
     return [pytest.param(p, id=name_of(p)) for p in LEAVES if predicate(p)]
 
 
+# What a config is, read from its content (scope, model, schedule), never from its file name.
 def is_seg(path: Path) -> bool:
-    return path.name.startswith('upernet_')
+    return _load(path).default_scope == 'mmseg'
+
+
+def detector_of(path: Path) -> str | None:
+    """``'MaskRCNN'``, ``'CascadeRCNN'``, ... for an mmdet config; None for any other."""
+    cfg = _load(path)
+    return cfg.model.type if cfg.default_scope == 'mmdet' else None
 
 
 def is_demo(path: Path) -> bool:
     return path.parent.name == 'demo'
 
 
+def arch_built(path: Path) -> str:
+    return _load(path).model.backbone.arch
+
+
+def is_three_x_mask_rcnn(path: Path) -> bool:
+    return detector_of(path) == 'MaskRCNN' and _load(path).train_cfg.get('max_epochs') == 36
+
+
 def one_x_of(path: Path) -> Path:
-    return path.with_name(path.name.replace('_3x_coco.py', '_1x_coco.py'))
+    """The 1x leaf of the same arch: the model a 3x leaf builds, with the 12-epoch recipe."""
+    return CONFIGS / f'mask-rcnn_convnextv2_{arch_of(path)}_fpn_1x_coco.py'
 
 
 ALL = select(lambda p: True)
 SEG = select(is_seg)
-DET = select(lambda p: not is_seg(p))
+DET = select(lambda p: detector_of(p) is not None)
 RELEASED = select(lambda p: not is_demo(p))
-# a 3x leaf builds the very model of its 1x sibling (checked below), so only the 1x one runs forwards
-SMALL = select(lambda p: arch_of(p) not in BIG and not (p.name.endswith('_3x_coco.py') and one_x_of(p).exists()))
-LARGE = select(lambda p: arch_of(p) in BIG)
-
-
-@functools.cache
-def _load(path: Path) -> Config:
-    return Config.fromfile(str(path))
+THREE_X = select(is_three_x_mask_rcnn)
+MASK_RCNN = select(lambda p: detector_of(p) == 'MaskRCNN')
+UPERNET = select(lambda p: is_seg(p) and not is_demo(p))
+# a 3x leaf builds the model of its 1x sibling (checked below), so only the 1x one runs forwards
+SMALL = select(lambda p: arch_built(p) not in BIG and not is_three_x_mask_rcnn(p))
+LARGE = select(lambda p: arch_built(p) in BIG)
 
 
 def load(path: Path) -> Config:
@@ -97,13 +117,28 @@ def test_every_arch_has_upernet_and_mask_rcnn_1x_and_3x_configs():
     names = {p.name for p in LEAVES}
     missing = [n for arch in ARCHS for n in (f'upernet_convnextv2_{arch}_ade20k.py',
                                              f'mask-rcnn_convnextv2_{arch}_fpn_1x_coco.py',
-                                             f'mask-rcnn_convnextv2_{arch}_fpn_3x_coco.py') if n not in names]
+                                             f'mask-rcnn_convnextv2_{arch}_fpn_3x_coco.py',
+                                             f'mask-rcnn_convnextv2_{arch}-in1k-ft-pre_fpn_3x_coco.py')
+               if n not in names]
     assert missing == []
 
 
 @pytest.mark.parametrize('path', ALL)
 def test_loads_from_an_absolute_path(path):
     assert load(path).model.backbone.type == 'ConvNeXtV2'
+
+
+HEAD_IN_NAME = {'upernet_': 'EncoderDecoder', 'mask-rcnn_': 'MaskRCNN', 'cascade-mask-rcnn_': 'CascadeRCNN'}
+
+
+@pytest.mark.parametrize('path', ALL)
+def test_file_name_says_the_model_and_schedule_it_configures(path):
+    """The tests select configs by content; this keeps each file name's promise about that content."""
+    cfg = load(path)
+    head = [model for prefix, model in HEAD_IN_NAME.items() if path.name.startswith(prefix)]
+    assert head == [cfg.model.type]
+    assert ('_3x_' in path.name) == (cfg.train_cfg.get('max_epochs') == 36)
+    assert ('_1x_' in path.name) == (cfg.train_cfg.get('max_epochs') == 12 and not is_demo(path))
 
 
 @pytest.mark.parametrize('path', ALL)
@@ -137,6 +172,33 @@ def test_checkpoint_is_of_the_same_arch(path):
     cfg = load(path)
     assert f'convnextv2_{arch_of(path)}_' in cfg.checkpoint
     assert cfg.model.backbone.init_cfg == dict(type='Pretrained', checkpoint=cfg.checkpoint)
+
+
+# The official release (facebookresearch/ConvNeXt-V2 README): FCMAE pre-training only, and FCMAE then
+# supervised ImageNet-1K fine-tuning; both exist for all eight archs.
+FCMAE = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/pt_only/convnextv2_{arch}_1k_224_fcmae.pt'
+FINE_TUNED = 'https://dl.fbaipublicfiles.com/convnext/convnextv2/im1k/convnextv2_{arch}_1k_224_ema.pt'
+
+
+def expected_start(path: Path) -> str:
+    """The paper starts COCO from the FCMAE pre-training and ADE20K from the fine-tuned weights. The 3x leaves
+    follow the paper; their `-in1k-ft-pre` variants, the 1x and Cascade leaves start from the fine-tuned ones."""
+    paper_coco = is_three_x_mask_rcnn(path) and '-in1k-ft-pre_' not in path.name
+    return (FCMAE if paper_coco else FINE_TUNED).format(arch=arch_of(path))
+
+
+@pytest.mark.parametrize('path', RELEASED)
+def test_starts_from_the_official_weights_the_recipe_names(path):
+    assert load(path).model.backbone.init_cfg.checkpoint == expected_start(path)
+
+
+@pytest.mark.parametrize('path', select(lambda p: '-in1k-ft-pre_' in p.name))
+def test_fine_tuned_start_variant_is_its_paper_leaf_but_for_the_checkpoint(path):
+    variant = load(path)
+    paper = load(path.with_name(path.name.replace('-in1k-ft-pre_', '_')))
+    variant.model.backbone.init_cfg.checkpoint = paper.model.backbone.init_cfg.checkpoint
+    variant.checkpoint = paper.checkpoint
+    assert variant.to_dict() == paper.to_dict()
 
 
 @pytest.mark.parametrize('path', select(is_demo))
@@ -236,11 +298,6 @@ def test_upernet_parameter_count(arch, millions):
 
 
 # -------------------------------------------------------------------------------------- recipes
-THREE_X = select(lambda p: p.name.endswith('_3x_coco.py'))
-MASK_RCNN = select(lambda p: p.name.startswith('mask-rcnn_'))
-UPERNET = select(lambda p: is_seg(p) and not is_demo(p))
-
-
 def transform(pipeline, name: str) -> dict:
     found = [t for t in pipeline if t['type'] == name]
     assert len(found) == 1, f'{len(found)} {name} transforms'
@@ -248,8 +305,11 @@ def transform(pipeline, name: str) -> dict:
 
 
 @pytest.mark.parametrize('path', THREE_X)
-def test_3x_model_is_its_1x_siblings_model(path):
-    assert load(path).model.to_dict() == load(one_x_of(path)).model.to_dict()
+def test_3x_model_is_its_1x_siblings_model_but_for_the_start(path):
+    three_x, one_x = load(path).model.to_dict(), load(one_x_of(path)).model.to_dict()
+    for model in (three_x, one_x):
+        model['backbone']['init_cfg'].pop('checkpoint')
+    assert three_x == one_x
 
 
 @pytest.mark.parametrize('path', THREE_X)

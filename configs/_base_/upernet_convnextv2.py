@@ -1,0 +1,26 @@
+# UperNet with a ConvNeXt V2 backbone: mmseg's own UperNet, backbone swapped, UPerHead 512 channels on all
+# four stages, FCN auxiliary head on stage 3 (loss weight 0.4), sliding-window test (512 crops, stride 341),
+# 150 ADE20K classes. A leaf sets arch, channels, drop path and checkpoint; a recipe file (ade20k_160k.py)
+# sets data, schedule and optimizer.
+_base_ = 'mmseg::_base_/models/upernet_r50.py'
+custom_imports = dict(imports=['convnextv2_dense'], allow_failed_imports=False)
+
+num_classes = 150
+model = dict(
+    data_preprocessor=dict(size=(512, 512)),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='ConvNeXtV2',
+        arch='base',
+        out_indices=(0, 1, 2, 3),
+        drop_path_rate=0.4,
+        # torch.compile of the backbone's training steps only (test, inference, get_flops and export run
+        # eager). On: the fixed 512x512 crops compile once (about a minute), and the UperNet-B training step
+        # measured 82.0 -> 64.5 ms on an H200 (README "Speed").
+        compile=True),
+    # UPerHead / FCNHead with exact faster resizes and acc_seg in training (convnextv2_dense.mm.fast_heads).
+    decode_head=dict(type='UPerHeadFast', in_channels=[128, 256, 512, 1024], channels=512, num_classes=num_classes),
+    auxiliary_head=dict(type='FCNHeadFast', in_channels=512, in_index=2, channels=256, num_classes=num_classes,
+                        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
+    test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
