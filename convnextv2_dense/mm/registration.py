@@ -19,15 +19,23 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 
 
 def _register(registry_module: ModuleType) -> None:
-    """Put the backbone and the layer-decay constructor into one mm package's registries."""
+    """Put the backbone, the layer-decay constructor and our hooks into one mm package's registries.
+
+    Registration adds names only: checkpoint reading is not changed here (see ``checkpoint_safety``).
+    """
+    from mmengine.fileio import register_backend
+
     from ..models import ConvNeXtV2
-    from .checkpoint_safety import allow_mmengine_checkpoints
+    from .checkpoint_saving import ATOMIC_BACKEND, AtomicLocalBackend, SafeCheckpointHook
+    from .guards import CheckpointMatchHook, NonFiniteLossHook
     from .optimizer import ConvNeXtV2LayerDecayOptimizerConstructor
 
     registry_module.MODELS.register_module('ConvNeXtV2', module=ConvNeXtV2, force=True)
     registry_module.OPTIM_WRAPPER_CONSTRUCTORS.register_module(
         'ConvNeXtV2LayerDecayOptimizerConstructor', module=ConvNeXtV2LayerDecayOptimizerConstructor, force=True)
-    allow_mmengine_checkpoints()
+    for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):
+        registry_module.HOOKS.register_module(hook.__name__, module=hook, force=True)
+    register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
 
 
 def _register_safely(registry_module: ModuleType) -> None:
