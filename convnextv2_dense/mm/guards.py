@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.runner import EpochBasedTrainLoop
 
 from ..weights.io import abbreviate
 
@@ -54,8 +55,9 @@ class NonFiniteLossHook(Hook):
         shown = ', '.join(f'{k}={float(v):.4g}' for k, v in losses.items()) or 'loss not finite on another process'
         last = runner.message_hub.get_info('last_ckpt')
         kept = f'the last checkpoint, {last}, is kept' if last else 'no checkpoint had been written yet'
-        raise NonFiniteLossError(f'iteration {runner.iter + 1} (epoch {runner.epoch + 1}): the loss is not finite '
-                                 f'({shown}); training stopped, {kept}')
+        epoch = f' (epoch {runner.epoch + 1})' if isinstance(runner.train_loop, EpochBasedTrainLoop) else ''
+        raise NonFiniteLossError(f'iteration {runner.iter + 1}{epoch}: the loss is not finite ({shown}); '
+                                 f'training stopped, {kept}')
 
 
 class CheckpointMatchHook(Hook):

@@ -72,11 +72,7 @@ def load_config(args: argparse.Namespace) -> Any:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config file not found: {args.config}')
-    try:
-        cfg = Config.fromfile(args.config)
-    except SyntaxError as err:  # mmengine names the file but not the line
-        where = f'{err.filename or args.config}, line {err.lineno}' if err.lineno else args.config
-        raise SyntaxError(f'config {where}: {err.msg}') from err
+    cfg = Config.fromfile(args.config)  # a SyntaxError names the file and line
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
