@@ -97,29 +97,37 @@ def load_checkpoint_file(path: str, map_location: Any = None, *, source: str | N
     path = osp.expanduser(path)
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint {source} does not exist')
+    with open(path, 'rb') as f:
+        head = f.read(2)
+    if not (head == b'PK' or head[:1] == b'\x80'):  # torch.save's zip archive, or a legacy pickle
+        raise CheckpointError(f'{source} is not a readable PyTorch checkpoint: it starts with {head!r}, not '
+                              'like a file written by torch.save')
     if trust:
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
         with torch.serialization.safe_globals(list(mmengine_safe_globals())):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        refusal = _refusal(err)
+        if refusal is None:
+            raise CheckpointError(f'{source} is not a readable PyTorch checkpoint (truncated or corrupt?): '
+                                  f'{type(err).__name__}: {" ".join(str(err).split())[:300]}') from err
         raise UnsafeCheckpointError(
-            f'refused to load {source}: {_reason(err)}. Only tensors, containers, numpy values and mmengine '
+            f'refused to load {source}: {refusal}. Only tensors, containers, numpy values and mmengine '
             'HistoryBuffers are read from a checkpoint, as anything else could run code while unpickled. '
             f'If you trust this file, load it with {switch}') from err
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(f'{source} is not a readable PyTorch checkpoint (truncated, corrupt, or not '
-                              f'written by torch.save): {type(err).__name__}: {_reason(err)}') from err
 
 
-def _reason(err: Exception) -> str:
-    """The informative line of torch's weights-only message (it adds several lines of advice)."""
+def _refusal(err: Exception) -> str | None:
+    """The line of torch's weights-only message that says what was refused, or None for other failures."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for marker in ('GLOBAL', 'getattr(', 'Trying to', 'Can only'):
         line = next((line for line in lines if marker in line), None)
         if line is not None:
             return line.split('error: ', 1)[-1].rstrip('.')
-    return lines[0].rstrip('.') if lines else type(err).__name__
+    return None
 
 
 def _local_loader(trust: bool, switch: str) -> Callable[[str, Any], Any]:
