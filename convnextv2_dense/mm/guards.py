@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import os.path as osp
 import re
 from typing import Any
 
@@ -53,7 +54,8 @@ class NonFiniteLossHook(Hook):
         if not bad:
             return
         shown = ', '.join(f'{k}={float(v):.4g}' for k, v in losses.items()) or 'loss not finite on another process'
-        last = runner.message_hub.get_info('last_ckpt')
+        pointer = osp.join(runner.work_dir, 'last_checkpoint')
+        last = open(pointer).read().strip() if osp.isfile(pointer) else runner.message_hub.get_info('last_ckpt')
         kept = f'the last checkpoint, {last}, is kept' if last else 'no checkpoint had been written yet'
         epoch = f' (epoch {runner.epoch + 1})' if isinstance(runner.train_loop, EpochBasedTrainLoop) else ''
         raise NonFiniteLossError(f'iteration {runner.iter + 1}{epoch}: the loss is not finite ({shown}); '

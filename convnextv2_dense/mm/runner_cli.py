@@ -72,9 +72,17 @@ def load_config(args: argparse.Namespace) -> Any:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config file not found: {args.config}')
-    cfg = Config.fromfile(args.config)  # a SyntaxError names the file and line
+    try:
+        cfg = Config.fromfile(args.config)
+    except SyntaxError as err:
+        if err.lineno is None:  # mmengine's own message, naming a base file
+            raise
+        raise SyntaxError(f'config {args.config}, line {err.lineno}: {err.msg}') from err
     if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+        try:
+            cfg.merge_from_dict(args.cfg_options)
+        except TypeError as err:  # an option of another type than the entry it replaces
+            raise ValueError(f'--cfg-options: {err}') from err
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
