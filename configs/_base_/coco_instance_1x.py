@@ -33,4 +33,5 @@ optim_wrapper = dict(
     paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
 # The lr is for 16 images per iteration; `--auto-scale-lr` scales it to the real batch.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3))
+# SafeCheckpointHook (convnextv2_dense.mm): atomic files that torch.load's weights-only default reads.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=3))

@@ -47,7 +47,9 @@ param_scheduler = [
 # The lr above is for 16 images per iteration; fewer GPUs scale it with `--auto-scale-lr` or
 # `--cfg-options auto_scale_lr.enable=True`.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
-default_hooks = dict(checkpoint=dict(by_epoch=False, interval=16000, max_keep_ckpts=3, save_best='mIoU'))
+# SafeCheckpointHook (convnextv2_dense.mm): atomic files that torch.load's weights-only default reads.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3,
+                                     save_best='mIoU'))
 
 # `tools/test.py --tta`: the paper's multi-scale test, ratios 0.75..1.25, with flip.
 img_ratios = [0.75, 1.0, 1.25]
