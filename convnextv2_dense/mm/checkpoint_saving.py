@@ -1,7 +1,7 @@
 """How our tools write checkpoints: whole or not at all, and readable by torch's weights-only default.
 
-:class:`SafeCheckpointHook` is mmengine's ``CheckpointHook`` with three changes, and ``tools/train.py``
-uses it in place of the stock one (``default_hooks.checkpoint``):
+:class:`SafeCheckpointHook` is mmengine's ``CheckpointHook`` with two changes. The shipped configs name it
+in ``default_hooks.checkpoint``, and ``tools/train.py`` puts it in place of the stock one for any config:
 
 - Every file (``iter_N.pth``, ``best_*.pth`` and the ``last_checkpoint`` pointer) is written to a hidden
   temporary file in the same folder, flushed to disk and renamed over its name, so a process killed at
@@ -98,8 +98,9 @@ class SafeCheckpointHook(CheckpointHook):
 
     def before_train(self, runner: Any) -> None:
         super().before_train(runner)
+        folders = {str(self.out_dir), runner.work_dir}  # checkpoints, and the last_checkpoint pointer
         if is_main_process() and '://' not in str(self.out_dir):
-            for leftover in glob.glob(osp.join(str(self.out_dir), f'.*{PARTIAL_SUFFIX}')):
+            for leftover in sorted({p for f in folders for p in glob.glob(osp.join(f, f'.*{PARTIAL_SUFFIX}'))}):
                 os.remove(leftover)
                 runner.logger.info(f'removed {leftover}, a checkpoint whose writing was interrupted')
 
