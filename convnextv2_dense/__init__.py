@@ -2,8 +2,9 @@
 
 ``from convnextv2_dense import ConvNeXtV2`` needs only torch, and torch is imported only when a model
 is asked for, so the data and evaluation tools start fast. Importing the package also arranges for the
-OpenMMLab adapters (backbone, layer-decay optimizer constructor, safe checkpoint reading) to be
+OpenMMLab adapters (backbone, layer-decay optimizer constructor, checkpoint and guard hooks) to be
 registered in each mm package as soon as that package is imported; without mm the import still works.
+It changes no loader and no allow-list: see :mod:`convnextv2_dense.mm.checkpoint_safety`.
 """
 from typing import Any
 

@@ -13,8 +13,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, REPO_ROOT)
 
-from convnextv2_dense.mm.runner_cli import (add_common_args, build_runner, load_config,  # noqa: E402
-                                             shut_down_distributed, task_of)
+from convnextv2_dense.mm.checkpoint_safety import safe_checkpoint_loading  # noqa: E402
+from convnextv2_dense.mm.runner_cli import (TRUST_SWITCH, add_common_args, build_runner, load_config,  # noqa: E402
+                                             prepare_testing, run_tool, shut_down_distributed, task_of)
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,9 +72,12 @@ def main() -> None:
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
 
-    build_runner(cfg).test()
+    prepare_testing(cfg)
+    runner = build_runner(cfg, 'test')
+    with safe_checkpoint_loading(trust=args.trust_checkpoint, switch=TRUST_SWITCH):
+        runner.test()
     shut_down_distributed()
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

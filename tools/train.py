@@ -7,8 +7,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, REPO_ROOT)
 
-from convnextv2_dense.mm.runner_cli import (add_common_args, build_runner, load_config,  # noqa: E402
-                                             shut_down_distributed)
+from convnextv2_dense.mm.checkpoint_safety import safe_checkpoint_loading  # noqa: E402
+from convnextv2_dense.mm.runner_cli import (TRUST_SWITCH, add_common_args, build_runner, load_config,  # noqa: E402
+                                             prepare_training, run_tool, shut_down_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -37,9 +38,12 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
-    build_runner(cfg).train()
+    prepare_training(cfg)
+    runner = build_runner(cfg, 'train')
+    with safe_checkpoint_loading(trust=args.trust_checkpoint, switch=TRUST_SWITCH):
+        runner.train()
     shut_down_distributed()
 
 
 if __name__ == '__main__':
-    main()
+    run_tool(main)

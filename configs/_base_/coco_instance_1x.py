@@ -28,4 +28,5 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11], gamma=0.1),
 ]
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
-default_hooks = dict(checkpoint=dict(interval=1, max_keep_ckpts=3))
+# SafeCheckpointHook (convnextv2_dense.mm): atomic files that torch.load's weights-only default reads.
+default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=3))

@@ -19,10 +19,16 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 
 
 def _register(registry_module: ModuleType) -> None:
-    """Put the backbone and the layer-decay constructor into one mm package's registries (and, in mmseg's,
-    the decode heads of :mod:`.fast_heads`)."""
+    """Put the backbone, the layer-decay constructor and our hooks into one mm package's registries (and, in
+    mmseg's, the decode heads of :mod:`.fast_heads`).
+
+    Registration adds names only: checkpoint reading is not changed here (see ``checkpoint_safety``).
+    """
+    from mmengine.fileio import register_backend
+
     from ..models import ConvNeXtV2
-    from .checkpoint_safety import allow_mmengine_checkpoints
+    from .checkpoint_saving import ATOMIC_BACKEND, AtomicLocalBackend, SafeCheckpointHook
+    from .guards import CheckpointMatchHook, NonFiniteLossHook
     from .optimizer import ConvNeXtV2LayerDecayOptimizerConstructor
 
     registry_module.MODELS.register_module('ConvNeXtV2', module=ConvNeXtV2, force=True)
@@ -32,7 +38,9 @@ def _register(registry_module: ModuleType) -> None:
         from .fast_heads import build_fcn_head_fast, build_uper_head_fast
         registry_module.MODELS.register_module('UPerHeadFast', module=build_uper_head_fast, force=True)
         registry_module.MODELS.register_module('FCNHeadFast', module=build_fcn_head_fast, force=True)
-    allow_mmengine_checkpoints()
+    for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):
+        registry_module.HOOKS.register_module(hook.__name__, module=hook, force=True)
+    register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
 
 
 def _register_safely(registry_module: ModuleType) -> None:

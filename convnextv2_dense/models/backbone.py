@@ -152,6 +152,9 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return a tuple of NCHW feature maps, one per selected stage, in stage order."""
+        if x.dim() == 4 and min(x.shape[-2:]) < max(self.strides):
+            raise ValueError(f'input of size {x.shape[-2]}x{x.shape[-1]} is smaller than the total stride of the '
+                             f'selected stages: give at least {max(self.strides)}x{max(self.strides)} pixels')
         if self._runs_compiled():
             return self._compiled_features()(x)
         return self._features(x)

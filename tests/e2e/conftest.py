@@ -15,3 +15,14 @@ def coco_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('coco')
     return make_coco_demo(root, num_train=4, num_val=3, size=96, seed=1, log=None).data_root
 
+
+
+@pytest.fixture(scope='session')
+def seg_checkpoint(tmp_path_factory, ade_root):
+    """A work dir after 2 iterations of the UperNet demo through tools/train.py: iter_2.pth, last_checkpoint."""
+    from .helpers import run_tool, seg_options
+    work_dir = tmp_path_factory.mktemp('seg_checkpoint')
+    run_tool('tools/train.py', 'configs/demo/upernet_convnextv2_atto_demo.py', '--work-dir', work_dir,
+             *seg_options(ade_root, **{'train_cfg.max_iters': 2, 'train_cfg.val_interval': 2,
+                                       'default_hooks.checkpoint.interval': 2}))
+    return work_dir

@@ -1,12 +1,15 @@
 """Mask R-CNN end to end: tools/train.py, tools/test.py --out, then tools/coco_eval.py on the files."""
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from convnextv2_dense.data import DEMO_DET_CLASSES
 
-from .helpers import det_options
+from .helpers import REPO, det_options
 
 CONFIG = 'configs/demo/mask-rcnn_convnextv2_atto_demo.py'
 pytestmark = pytest.mark.slow  # trains Mask R-CNN for an epoch on the CPU
@@ -54,3 +57,24 @@ def test_test_out_then_coco_eval(trained, coco_root, tmp_path, run_tool):
     assert len(re.findall(r'Average Precision', proc.stdout)) == 12  # 6 AP lines per type
     numbers = json.loads(summary.read_text())
     assert set(numbers) == {'bbox', 'segm'} and 'AP50' in numbers['segm']
+
+
+DET_INFERENCER = '''
+import sys
+from mmdet.apis import DetInferencer
+assert 'convnextv2_dense' not in sys.modules
+inferencer = DetInferencer(weights=sys.argv[1], device='cpu')  # no config: it comes from the checkpoint
+result = inferencer(sys.argv[2])
+print('predictions', len(result['predictions'][0]['labels']))
+'''
+
+
+def test_det_inferencer_reads_the_checkpoint_alone(trained, coco_root, tmp_path):
+    # mmengine reads the file with torch's weights-only default before the config in it imports us
+    work_dir, _ = trained
+    image = next((coco_root / 'val2017').iterdir())
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
+    proc = subprocess.run([sys.executable, '-c', DET_INFERENCER, str(work_dir / 'epoch_1.pth'), str(image)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r'predictions \d+', proc.stdout)
