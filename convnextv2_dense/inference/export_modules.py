@@ -132,7 +132,9 @@ class _Normalize(nn.Module):
         else:
             mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
         # mm loads images as BGR; bgr_to_rgb=True (``_channel_conversion``) means the model sees RGB.
-        to_bgr = not getattr(preprocessor, '_channel_conversion', False)
+        # (mmengine's ImgDataPreprocessor names it ``_channel_conversion``, mmseg's ``channel_conversion``).
+        converts = getattr(preprocessor, '_channel_conversion', getattr(preprocessor, 'channel_conversion', False))
+        to_bgr = not converts
         return cls(mean, std, to_bgr)
 
 

@@ -9,6 +9,7 @@ a half-random model. The backbone runs eager unless ``compile=True`` is asked fo
 from __future__ import annotations
 
 import os.path as osp
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,17 +154,19 @@ def load_model(config: str, checkpoint: str, device: str = 'cpu', cfg_options: d
         raise InferenceInputError(f'--device {device}: this PyTorch sees no CUDA device; use --device cpu')
     cfg = read_config(config, cfg_options, compile)
     task = task_of(cfg, config)
-    state, meta = read_state_dict(checkpoint)
-    if task == 'seg':
-        from mmseg.apis import init_model
-        if 'test_pipeline' not in cfg:
-            cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
-        model = init_model(cfg, None, device='cpu')
-    else:
-        from mmdet.apis import init_detector
-        model = init_detector(cfg, None, device='cpu')
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='checkpoint is None')  # we load it below, strictly
+        if task == 'seg':
+            from mmseg.apis import init_model
+            if 'test_pipeline' not in cfg:
+                cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline
+            model = init_model(cfg, None, device='cpu')
+        else:
+            from mmdet.apis import init_detector
+            model = init_detector(cfg, None, device='cpu')
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(model)  # SyncBN needs a process group; eval BN is the same computation
+    state, meta = read_state_dict(checkpoint)  # after the mm imports: they register the safe unpickler
     check_fit(model, state, checkpoint)
     model.load_state_dict(state, strict=True)
     classes, palette = _class_names(cfg, meta, _num_classes(model, task))

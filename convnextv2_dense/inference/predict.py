@@ -53,10 +53,6 @@ def _det_pipeline(model: nn.Module):
         steps = [dict(step) for step in get_test_pipeline_cfg(model.cfg)]
         steps = [s for s in steps if s.get('type', '').split('.')[-1] != 'LoadAnnotations']  # no labels here
         steps[0]['type'] = 'mmdet.LoadImageFromNDArray'
-        meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')
-        for step in steps:
-            if step.get('type', '').split('.')[-1] == 'PackDetInputs' and 'meta_keys' in step:
-                step['meta_keys'] = tuple(k for k in step['meta_keys'] if k in meta_keys + ('flip', 'flip_direction'))
         cache = Compose(steps)
         model.__dict__['_infer_pipeline'] = cache
     return cache
