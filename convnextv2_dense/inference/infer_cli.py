@@ -97,16 +97,22 @@ class _Progress:
         self.bar.close()
 
 
-def _frames(sources):
+def _frames(sources, failed: list[str]):
+    """Every frame of every source; a file that cannot be read is reported, noted in ``failed`` and skipped,
+    so one bad file in a folder does not cost the results of the others."""
     for source in sources:
-        for frame in iter_frames(source):
-            yield source, frame
+        try:
+            for frame in iter_frames(source):
+                yield source, frame
+        except InferenceInputError as err:
+            print(f'infer: error: {err}', file=sys.stderr, flush=True)
+            failed.append(source.path)
 
 
-def _batched(sources, batch_size: int):
-    """Batches of (source, frame) pairs: same source kind, same image size, at most ``batch_size``."""
+def _batched(sources, batch_size: int, failed: list[str]):
+    """Batches of (source, frame) pairs of the same image size, at most ``batch_size`` each."""
     batch = []
-    for source, frame in _frames(sources):
+    for source, frame in _frames(sources, failed):
         if batch and (len(batch) == batch_size or frame.rgb.shape != batch[0][1].rgb.shape):
             yield batch
             batch = []
@@ -115,14 +121,14 @@ def _batched(sources, batch_size: int):
         yield batch
 
 
-def run_backbone(args: argparse.Namespace, sources) -> int:
+def run_backbone(args: argparse.Namespace, sources, failed: list[str]) -> None:
     """``--backbone``: feature maps and pictures."""
     from .features import extract, feature_summary, load_backbone, write_features
     model = load_backbone(args.backbone, args.out_features, _device(args.device))
     print(f'backbone: {model.backbone.load_report}'.splitlines()[0], flush=True)
     progress = _Progress(count_frames(sources))
     try:
-        for batch in _batched(sources, args.batch_size):
+        for batch in _batched(sources, args.batch_size, failed):
             frames = [frame for _, frame in batch]
             lines = []
             for frame, maps in zip(frames, extract(model, frames)):
@@ -132,10 +138,9 @@ def run_backbone(args: argparse.Namespace, sources) -> int:
     finally:
         progress.close()
     print(f'wrote {osp.join(args.out_dir, "features")}/NAME.npz and NAME_STAGE.png')
-    return 0
 
 
-def run_model(args: argparse.Namespace, sources) -> int:
+def run_model(args: argparse.Namespace, sources, failed: list[str]) -> None:
     """A segmentor or detector on every frame."""
     from .coco_results import CocoResults
     from .drawing import make_palette
@@ -152,7 +157,7 @@ def run_model(args: argparse.Namespace, sources) -> int:
     fps = {s.path: video_fps(s.path) for s in sources if s.is_video}
     sink, progress = VideoSink(), _Progress(count_frames(sources))
     try:
-        for batch in _batched(sources, args.batch_size):
+        for batch in _batched(sources, args.batch_size, failed):
             frames = [frame for _, frame in batch]
             lines = []
             if loaded.task == 'seg':
@@ -179,7 +184,6 @@ def run_model(args: argparse.Namespace, sources) -> int:
         print(f'wrote {path} ({len(results.entries)} detections, COCO results format)')
     print(f'wrote {osp.join(args.out_dir, "overlays")}' + (f' and {osp.join(args.out_dir, "labels")}'
                                                            if loaded.task == 'seg' else ''))
-    return 0
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -189,12 +193,18 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     _check_args(parser, args)
     from ..weights import CheckpointError
     from .model_loading import CheckpointMismatchError
+    failed: list[str] = []
     try:
         sources = find_sources(args.inputs)
-        return run_backbone(args, sources) if args.backbone else run_model(args, sources)
+        (run_backbone if args.backbone else run_model)(args, sources, failed)
     except (InferenceInputError, CheckpointMismatchError, CheckpointError) as err:
         print(f'infer: error: {err}', file=sys.stderr)
         return 1
+    if failed:
+        print(f'infer: error: {len(failed)} input(s) could not be read (the others were written): '
+              + ', '.join(failed), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
