@@ -74,10 +74,12 @@ def overlay_instances(rgb: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sc
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=max(1, round(min(image.size) / 200)))
         name = class_names[label] if 0 <= label < len(class_names) else str(label)
         caption = f'{name} {score:.2f}'
-        left, top, right, bottom = draw.textbbox((x1, y1), caption)
-        top_y = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1
-        draw.rectangle((x1, top_y, x1 + right - left + 2, top_y + bottom - top + 2), fill=colour)
-        draw.text((x1 + 1, top_y), caption, fill=(0, 0, 0))
+        left, top, right, bottom = draw.textbbox((0, 0), caption)
+        text_w, text_h = right - left + 2, bottom - top + 2
+        x = max(0.0, min(x1, image.width - text_w))  # keep the caption inside the picture
+        y = y1 - text_h if y1 - text_h >= 0 else y1
+        draw.rectangle((x, y, x + text_w, y + text_h), fill=colour)
+        draw.text((x + 1, y - top), caption, fill=(0, 0, 0))
     return np.asarray(image)
 
 

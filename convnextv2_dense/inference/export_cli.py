@@ -16,6 +16,7 @@ import copy
 import os
 import os.path as osp
 import sys
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -173,6 +174,7 @@ def _runner(args: argparse.Namespace):
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``tools/export.py``; return the exit status."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')  # mm's imports; not the user's concern
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     _check_args(parser, args)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 import sys
+import warnings
 from collections.abc import Sequence
 
 from .sources import InferenceInputError, count_frames, find_sources, iter_frames, video_fps
@@ -166,8 +167,7 @@ def run_model(args: argparse.Namespace, sources, failed: list[str]) -> None:
                     lines.append(seg_summary(frame, labels, classes))
             else:
                 for (source, frame), found in zip(batch, predict_det(loaded.model, frames)):
-                    file_name = (f'{osp.basename(source.path)}#{frame.index}' if source.is_video
-                                 else osp.relpath(source.path))
+                    file_name = f'{source.path}#{frame.index}' if source.is_video else source.path
                     image_id = results.image_id(source.path, frame.name, source.is_video)
                     results.add(image_id, file_name, found.boxes, found.labels, found.scores, found.masks)
                     shown = found.above(score_thr)
@@ -188,6 +188,7 @@ def run_model(args: argparse.Namespace, sources, failed: list[str]) -> None:
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Run ``tools/infer.py``; return the exit status."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated')  # mm's imports; not the user's concern
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     _check_args(parser, args)

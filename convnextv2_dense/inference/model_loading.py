@@ -154,8 +154,9 @@ def load_model(config: str, checkpoint: str, device: str = 'cpu', cfg_options: d
         raise InferenceInputError(f'--device {device}: this PyTorch sees no CUDA device; use --device cpu')
     cfg = read_config(config, cfg_options, compile)
     task = task_of(cfg, config)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='checkpoint is None')  # we load it below, strictly
+    # mm's init functions warn about things that concern training (loss defaults, deprecated builders) and
+    # that no checkpoint was given (it is loaded below, strictly); they also reset the warning filters.
+    with warnings.catch_warnings(record=True):
         if task == 'seg':
             from mmseg.apis import init_model
             if 'test_pipeline' not in cfg:

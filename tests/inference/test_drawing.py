@@ -39,5 +39,5 @@ def test_instance_overlay_draws_masks_and_boxes():
     mask[0, 10:30, 10:30] = True
     out = overlay_instances(rgb, np.array([[10.0, 10, 30, 30]]), np.array([0]), np.array([0.9]), mask,
                             ['thing'], np.array([[0, 250, 0]], np.uint8))
-    assert out[20, 20].tolist() == [0, 125, 0]  # mask blended
+    assert out[27, 20].tolist() == [0, 125, 0]  # mask blended (below the caption)
     assert out[35, 50].tolist() == [0, 0, 0]  # background untouched
