@@ -126,7 +126,9 @@ def export(args: argparse.Namespace) -> int:
     if args.fp16:
         exportable = exportable.half()
     dtype = torch.float16 if args.fp16 else torch.float32
-    example = torch.zeros(1, 3, *size, dtype=dtype, device=args.device)
+    # torch.export fixes a dimension whose example is 1 (0/1 specialisation): give it a batch of 2
+    batch = 2 if args.format == 'pt2' and 'batch' in dynamic else 1
+    example = torch.zeros(batch, 3, *size, dtype=dtype, device=args.device)
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     print(f'exporting {args.what} ({", ".join(f"{n} {k}" for k, n in swapped.items() if n)} swapped for '
           f'export-safe versions) to {args.out}; dynamic: {", ".join(dynamic) or "none"}', flush=True)
