@@ -5,7 +5,8 @@
   ``analyze_results.py``, ``eval_metric.py``); for segmentation, with mmengine's ``DumpResults``. Any
   other ``--out`` is a folder for our COCO json files (detection) or label PNGs (segmentation).
 - ``--tta`` on a detection config without ``tta_model`` / ``tta_pipeline`` runs mmdet's ``DetTTAModel``
-  over the config's own test pipeline with and without a horizontal flip, as mmdet's test tool does.
+  over the config's own test pipeline with and without a horizontal flip, as mmdet's test tool does
+  (for a detector with a mask head, :class:`~.det_tta.MaskFlipDetTTAModel`, which also merges masks).
 - A checkpoint argument with a scheme (``https://``, ``open-mmlab://``, ``torchvision://``...) is left to
   mmengine's loader; a plain path must exist.
 """
@@ -59,8 +60,14 @@ def default_det_tta(cfg: Any) -> None:
         cfg (mmengine.Config): The config, edited in place.
     """
     if 'tta_model' not in cfg:
-        cfg.tta_model = dict(type='DetTTAModel',
-                             tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+        tta_type = 'DetTTAModel'
+        if cfg.model.get('roi_head', {}).get('mask_head') is not None:  # DetTTAModel stops on masks
+            from mmdet.registry import MODELS
+
+            from .det_tta import MaskFlipDetTTAModel
+            MODELS.register_module('MaskFlipDetTTAModel', module=MaskFlipDetTTAModel, force=True)
+            tta_type = 'MaskFlipDetTTAModel'
+        cfg.tta_model = dict(type=tta_type, tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
     if 'tta_pipeline' not in cfg:
         dataset = cfg.test_dataloader.dataset
         while 'dataset' in dataset:  # dataset wrappers
