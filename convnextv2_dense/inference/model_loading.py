@@ -110,7 +110,12 @@ def check_fit(model: nn.Module, state: dict[str, torch.Tensor], checkpoint: str)
     for what, keys in (('missing from the checkpoint', missing), ('not in the model', unexpected),
                        ('of the wrong shape', wrong)):
         if keys:
-            listed = ', '.join(keys[:MAX_LISTED]) + (f', ... ({len(keys)} in all)' if len(keys) > MAX_LISTED else '')
+            listed = ', '.join(keys[:MAX_LISTED])
+            if len(keys) > MAX_LISTED:
+                modules = {}
+                for key in keys:
+                    modules[key.split('.')[0]] = modules.get(key.split('.')[0], 0) + 1
+                listed += ', ... (by module: ' + ', '.join(f'{m} {n}' for m, n in modules.items()) + ')'
             problems.append(f'{len(keys)} tensors {what}: {listed}')
     if problems:
         raise CheckpointMismatchError(f'checkpoint {checkpoint!r} does not fit the model of the config:\n  '
