@@ -14,7 +14,8 @@ def test_every_kind_of_mismatch_is_named():
     message = str(err.value)
     assert "checkpoint 'ckpt.pth' does not fit the model of the config" in message
     assert '1 tensors missing from the checkpoint: 0.bias' in message
-    assert '10 tensors not in the model: neck.0.weight' in message and '(by module: neck 9, roi_head 1)' in message
+    assert '10 tensors not in the model: roi_head.fc.weight, neck.0.weight' in message
+    assert '(by module: roi_head 1, neck 9)' in message
     assert '0.weight: checkpoint (3, 3), model (3, 2)' in message
 
 
