@@ -39,6 +39,8 @@ class CocoResults:
         self.category_ids = list(range(1, len(self.class_names) + 1))
         if ann_file is not None:
             self._by_file, self.category_ids = _ids_from_annotations(ann_file, self.class_names)
+            for source in sources:  # checked before any image is run, so no result is lost to it later
+                self.image_id(source.path, source.name, source.is_video)
         stems = [osp.splitext(osp.basename(s.path))[0] for s in sources]
         self._numeric = (not any(s.is_video for s in sources) and all(stem.isdigit() for stem in stems)
                          and len({int(stem) for stem in stems}) == len(stems))

@@ -41,7 +41,7 @@ def test_annotation_file_gives_image_and_category_ids(tmp_path):
     assert _add_one(results, 'mine/pic.jpg') == 42
     assert results.entries[0]['category_id'] == 7
     with pytest.raises(InferenceInputError, match='other.jpg.* is not an image of the annotation file'):
-        results.image_id('mine/other.jpg', 'other', False)
+        CocoResults([Source('mine/pic.jpg', 'pic'), Source('mine/other.jpg', 'other')], ['cat'], str(ann))
 
 
 def test_annotation_file_without_a_model_class_is_an_error(tmp_path):
