@@ -43,12 +43,6 @@ def test_seg_out_pkl_dumps_predictions(seg_checkpoint, ade_root, tmp_path):
     assert len(results) == 4 and tuple(results[0]['pred_sem_seg']['data'].shape[-2:]) == (64, 64)
 
 
-def test_out_dir_still_writes_coco_json(det_checkpoint, coco_root, tmp_path):
-    run_tool('tools/test.py', DET, det_checkpoint, '--out', tmp_path / 'res', '--work-dir', tmp_path / 'wd',
-             *det_options(coco_root))
-    assert (tmp_path / 'res' / 'results.bbox.json').is_file() and (tmp_path / 'res' / 'results.segm.json').is_file()
-
-
 def test_det_tta_runs_mmdet_flip_tta(det_checkpoint, coco_root, tmp_path):
     proc = run_tool('tools/test.py', DET, det_checkpoint, '--tta', '--work-dir', tmp_path,
                     *det_options(coco_root))
