@@ -108,10 +108,15 @@ def infer_and_features(task: str, config: str, checkpoint: str, work_dir: str, c
     next to the image into ``features.png``.
     """
     from PIL import Image
+
+    from convnextv2_dense.inference.infer_cli import main as infer  # in this process: no second start-up
     images = sorted(glob.glob(osp.join(REPO, DEMO_DATA, DEMO_IMAGES[task])))[:count]
     infer_dir = osp.join(work_dir, 'infer')
-    run('tools/infer.py', config, checkpoint, *images, '--out-dir', infer_dir, '--device', 'cpu')
-    run('tools/infer.py', '--backbone', checkpoint, images[0], '--out-dir', infer_dir, '--device', 'cpu')
+    for args in ([config, checkpoint, *images], ['--backbone', checkpoint, images[0]]):
+        args += ['--out-dir', infer_dir, '--device', 'cpu']
+        print('\n$ python tools/infer.py ' + ' '.join(args), flush=True)
+        if infer(args) != 0:
+            raise SystemExit('demo step failed: tools/infer.py ' + ' '.join(args))
     stem = osp.splitext(osp.basename(images[0]))[0]
     tiles = [Image.open(images[0]).convert('RGB')] + [
         Image.open(osp.join(infer_dir, 'features', f'{stem}_stage{k}.png')) for k in range(1, 5)]
