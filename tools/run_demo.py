@@ -100,6 +100,36 @@ def tile_predictions(vis_dir: str, out_file: str, count: int = 6) -> str | None:
     return out_file
 
 
+DEMO_IMAGES = {'seg': 'ade/ADEChallengeData2016/images/validation/*.jpg', 'det': 'coco/val2017/*.jpg'}
+
+
+def infer_and_features(task: str, config: str, checkpoint: str, work_dir: str, count: int = 3) -> list[str]:
+    """Run ``tools/infer.py`` on a few validation images, and its backbone mode on the first; return
+    summary lines. The backbone's feature maps (first three principal components as RGB) are tiled
+    next to the image into ``features.png``.
+    """
+    from PIL import Image
+
+    from convnextv2_dense.inference.infer_cli import main as infer  # in this process: no second start-up
+    images = sorted(glob.glob(osp.join(REPO, DEMO_DATA, DEMO_IMAGES[task])))[:count]
+    infer_dir = osp.join(work_dir, 'infer')
+    for args in ([config, checkpoint, *images], ['--backbone', checkpoint, images[0]]):
+        args += ['--out-dir', infer_dir, '--device', 'cpu']
+        print('\n$ python tools/infer.py ' + ' '.join(args), flush=True)
+        if infer(args) != 0:
+            raise SystemExit('demo step failed: tools/infer.py ' + ' '.join(args))
+    stem = osp.splitext(osp.basename(images[0]))[0]
+    tiles = [Image.open(images[0]).convert('RGB')] + [
+        Image.open(osp.join(infer_dir, 'features', f'{stem}_stage{k}.png')) for k in range(1, 5)]
+    sheet = Image.new('RGB', (sum(t.width for t in tiles), max(t.height for t in tiles)), 'white')
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, (sum(t.width for t in tiles[:i]), 0))
+    picture = osp.join(work_dir, 'features.png')
+    sheet.resize((sheet.width * 2, sheet.height * 2), Image.NEAREST).save(picture)
+    return [f'tools/infer.py on {len(images)} images: {osp.join(infer_dir, "overlays")}',
+            f'backbone features of {osp.basename(images[0])} (image, then stage1..4 as PCA colours): {picture}']
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('task', choices=sorted(TASKS))
@@ -153,6 +183,7 @@ def main() -> None:
             '--results', *results, '--json-out', osp.join(work_dir, 'coco_eval.json'))
 
     run('tools/plot_logs.py', train_dir, '--out-dir', osp.join(work_dir, 'plots'))
+    inference = infer_and_features(args.task, config, checkpoint, work_dir)
     sheet = tile_predictions(vis_dir, osp.join(work_dir, 'predictions.png'))
 
     rows = [f'| {key} | {before.get(key, float("nan")):.4g} | {after.get(key, float("nan")):.4g} |'
@@ -162,7 +193,7 @@ def main() -> None:
         '| metric | untrained | trained |', '|---|---|---|', *rows, '',
         f'best checkpoint: {checkpoint}',
         f'curves: {osp.join(work_dir, "plots")}/loss.png, metrics.png',
-        f'predictions next to ground truth: {sheet or vis_dir}', ''])
+        f'predictions next to ground truth: {sheet or vis_dir}', *inference, ''])
     with open(osp.join(work_dir, 'summary.md'), 'w') as f:
         f.write(text)
     with open(summary_file, 'w') as f:

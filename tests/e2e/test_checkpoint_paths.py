@@ -91,7 +91,7 @@ def test_trust_checkpoint_unpickles_everything(evil, ade_root, tmp_path):
 
 
 def test_our_checkpoint_needs_no_allow_list(seg_checkpoint):
-    checkpoint = torch.load(seg_checkpoint / 'iter_2.pth')  # torch's default: weights_only=True
+    checkpoint = torch.load(seg_checkpoint)  # torch's default: weights_only=True
     assert checkpoint['meta']['iter'] == 2
     assert checkpoint['message_hub']['log_scalars']['train/loss']  # kept, as tensors
 
@@ -109,7 +109,7 @@ print('prediction', tuple(result['predictions'].shape))
 def test_mmseg_inferencer_reads_our_checkpoint(seg_checkpoint, ade_root, tmp_path):
     image = next((ade_root / 'images' / 'validation').iterdir())
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS='ignore')
-    proc = subprocess.run([sys.executable, '-c', INFERENCER, str(REPO / CONFIG), str(seg_checkpoint / 'iter_2.pth'),
+    proc = subprocess.run([sys.executable, '-c', INFERENCER, str(REPO / CONFIG), str(seg_checkpoint),
                            str(image)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'prediction (64, 64)' in proc.stdout

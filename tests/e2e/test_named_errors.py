@@ -83,7 +83,7 @@ def test_an_unreadable_image_is_named_from_a_dataloader_worker(tmp_path, ade_roo
     shutil.copytree(ade_root, root)
     image = sorted((root / 'images' / 'validation').iterdir())[1]
     image.write_bytes(b'\x89PNG but not really')
-    proc = run_tool('tools/test.py', SEG, seg_checkpoint / 'iter_2.pth', '--work-dir', tmp_path / 'wd',
+    proc = run_tool('tools/test.py', SEG, seg_checkpoint, '--work-dir', tmp_path / 'wd',
                     *seg_options(root, **{'test_dataloader.num_workers': 1}), check=False)
     line = error_line(proc)
     assert f'cannot load or transform the sample {image} + ' in line
@@ -116,17 +116,17 @@ def test_a_bad_pretrained_checkpoint(tmp_path, ade_root, pretrained_files, case)
 
 
 def test_a_checkpoint_with_another_number_of_classes(tmp_path, ade_root, seg_checkpoint):
-    proc = run_tool('tools/test.py', SEG, seg_checkpoint / 'iter_2.pth', '--work-dir', tmp_path / 'wd',
+    proc = run_tool('tools/test.py', SEG, seg_checkpoint, '--work-dir', tmp_path / 'wd',
                     *seg_options(ade_root, **{'model.decode_head.num_classes': 7,
                                               'model.auxiliary_head.num_classes': 7}), check=False)
     line = error_line(proc)
-    assert str(seg_checkpoint / 'iter_2.pth') in line and 'another number of classes' in line
+    assert str(seg_checkpoint) in line and 'another number of classes' in line
     assert 'decode_head.conv_seg.weight: checkpoint (5, 64, 1, 1), model (7, 64, 1, 1)' in line
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, ade_root, seg_checkpoint):
     work_dir = tmp_path / 'wd'
-    shutil.copytree(seg_checkpoint, work_dir)
+    shutil.copytree(seg_checkpoint.parent, work_dir)
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_2.pth'))
     before = (work_dir / 'iter_2.pth').read_bytes()
     proc = run_tool('tools/train.py', SEG, '--work-dir', work_dir, '--resume', *seg_options(
