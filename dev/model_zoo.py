@@ -103,7 +103,7 @@ def load(path: Path) -> Any:
 
 def family_of(cfg: Any, path: Path) -> Family:
     """The family a config belongs to, read from its scope and model."""
-    if cfg.default_scope == 'mmseg' and cfg.model.decode_head.type == 'UPerHead':
+    if cfg.default_scope == 'mmseg' and cfg.model.decode_head.type in ('UPerHead', 'UPerHeadFast'):
         return UPERNET
     if cfg.default_scope == 'mmdet' and cfg.model.type == 'MaskRCNN':
         return MASK_RCNN

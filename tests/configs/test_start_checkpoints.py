@@ -65,9 +65,9 @@ def configured_backbone(config: str) -> tuple[ConvNeXtV2, str]:
 
 
 @torch.no_grad()
-def test_paper_coco_recipe_loads_the_fcmae_pretraining(monkeypatch, tmp_path):
+def test_paper_coco_recipe_loads_the_fcmae_pretraining(monkeypatch, tmp_path, randomize):
     writers = weight_writers()
-    source = writers.randomize(ConvNeXtV2Classifier('atto', num_classes=10), seed=5)
+    source = randomize(ConvNeXtV2Classifier('atto', num_classes=10), seed=5)
     asked = serve(monkeypatch, tmp_path, writers.to_fcmae(source.state_dict()))
     backbone, url = configured_backbone('mask-rcnn_convnextv2_atto_fpn_3x_coco.py')
     backbone.init_weights()
@@ -81,9 +81,9 @@ def test_paper_coco_recipe_loads_the_fcmae_pretraining(monkeypatch, tmp_path):
 
 
 @torch.no_grad()
-def test_fine_tuned_start_loads_the_official_release(monkeypatch, tmp_path):
+def test_fine_tuned_start_loads_the_official_release(monkeypatch, tmp_path, randomize):
     writers = weight_writers()
-    source = writers.randomize(ConvNeXtV2Classifier('atto', num_classes=10), seed=6)
+    source = randomize(ConvNeXtV2Classifier('atto', num_classes=10), seed=6)
     asked = serve(monkeypatch, tmp_path, writers.to_official(source.state_dict()))
     backbone, url = configured_backbone('mask-rcnn_convnextv2_atto-in1k-ft-pre_fpn_3x_coco.py')
     backbone.init_weights()
