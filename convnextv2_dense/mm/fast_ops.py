@@ -71,8 +71,9 @@ def upsample_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool 
         size (Sequence[int]): Output (H', W'), each at least the input's.
         align_corners (bool, optional): As in ``F.interpolate``. Defaults to None.
     """
-    size = tuple(int(s) for s in size)
-    if x.requires_grad and torch.is_grad_enabled() and x.dim() == 4 and size[0] >= x.shape[-2] \
-            and size[1] >= x.shape[-1] and size != tuple(x.shape[-2:]):
-        return _UpsampleBilinear.apply(x, size, align_corners)
+    if x.requires_grad and torch.is_grad_enabled() and x.dim() == 4:
+        size = tuple(int(s) for s in size)
+        if size[0] >= x.shape[-2] and size[1] >= x.shape[-1] and size != tuple(x.shape[-2:]):
+            return _UpsampleBilinear.apply(x, size, align_corners)
+    # ``size`` as given: int() of a traced size would freeze it into an exported graph (tools/export.py)
     return F.interpolate(x, size=size, mode='bilinear', align_corners=align_corners)
