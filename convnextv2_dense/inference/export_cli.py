@@ -127,7 +127,7 @@ def export(args: argparse.Namespace) -> int:
     reference, output_names, default_size = _target(args)
     size = tuple(args.input_size) if args.input_size else default_size
     dynamic = () if args.static else DYNAMIC
-    exportable = copy.deepcopy(reference)
+    exportable = copy.deepcopy(reference).requires_grad_(False)  # no training-only paths while tracing
     swapped = make_exportable(exportable)
     if args.fp16:
         exportable = exportable.half()
@@ -138,10 +138,11 @@ def export(args: argparse.Namespace) -> int:
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     print(f'exporting {args.what} ({", ".join(f"{n} {k}" for k, n in swapped.items() if n)} swapped for '
           f'export-safe versions) to {args.out}; dynamic: {", ".join(dynamic) or "none"}', flush=True)
-    if args.format == 'onnx':
-        write_onnx(exportable, example, args.out, output_names, dynamic, args.opset)
-    else:
-        write_pt2(exportable, example, args.out, dynamic)
+    with torch.no_grad():
+        if args.format == 'onnx':
+            write_onnx(exportable, example, args.out, output_names, dynamic, args.opset)
+        else:
+            write_pt2(exportable, example, args.out, dynamic)
     inputs = check_inputs(size, dynamic, args.check_image)
     reference = reference.float().cpu()
     tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
