@@ -15,6 +15,7 @@ import argparse
 import copy
 import os
 import os.path as osp
+import pickle
 import sys
 import warnings
 from collections.abc import Sequence
@@ -52,6 +53,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--opset', type=int, default=18, help='ONNX opset (17 or later; default: 18)')
     parser.add_argument('--check-image', metavar='IMAGE', default=None,
                         help='a real image for the parity check (default: a drawn demo scene)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle CHECKPOINT completely (weights_only=False): only for files you trust')
     parser.add_argument('--device', default='cpu', help='cpu or cuda (export there; the ONNX check uses the CUDA '
                         'execution provider when onnxruntime has it)')
     return parser
@@ -82,7 +85,7 @@ def _target(args: argparse.Namespace):
         module = load_backbone(args.sources[0], args.out_features, args.device)
         return module, module.output_names, (224, 224)
     from .model_loading import load_model
-    loaded = load_model(args.sources[0], args.sources[1], args.device)
+    loaded = load_model(args.sources[0], args.sources[1], args.device, trust=args.trust_checkpoint)
     expected = 'seg' if args.what == 'segmentor' else 'det'
     if loaded.task != expected:
         raise InferenceInputError(f'{args.sources[0]} is a {"segmentation" if loaded.task == "seg" else "detection"} '
@@ -124,7 +127,7 @@ def export(args: argparse.Namespace) -> int:
     reference, output_names, default_size = _target(args)
     size = tuple(args.input_size) if args.input_size else default_size
     dynamic = () if args.static else DYNAMIC
-    exportable = copy.deepcopy(reference)
+    exportable = copy.deepcopy(reference).requires_grad_(False)  # no training-only paths while tracing
     swapped = make_exportable(exportable)
     if args.fp16:
         exportable = exportable.half()
@@ -135,10 +138,11 @@ def export(args: argparse.Namespace) -> int:
     os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
     print(f'exporting {args.what} ({", ".join(f"{n} {k}" for k, n in swapped.items() if n)} swapped for '
           f'export-safe versions) to {args.out}; dynamic: {", ".join(dynamic) or "none"}', flush=True)
-    if args.format == 'onnx':
-        write_onnx(exportable, example, args.out, output_names, dynamic, args.opset)
-    else:
-        write_pt2(exportable, example, args.out, dynamic)
+    with torch.no_grad():
+        if args.format == 'onnx':
+            write_onnx(exportable, example, args.out, output_names, dynamic, args.opset)
+        else:
+            write_pt2(exportable, example, args.out, dynamic)
     inputs = check_inputs(size, dynamic, args.check_image)
     reference = reference.float().cpu()
     tolerance = FP16_TOLERANCE if args.fp16 else FP32_TOLERANCE
@@ -187,7 +191,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from .model_loading import CheckpointMismatchError
     try:
         return export(args)
-    except (ParityError, InferenceInputError, CheckpointMismatchError, CheckpointError) as err:
+    except (ParityError, InferenceInputError, CheckpointMismatchError, CheckpointError, pickle.UnpicklingError) as err:
         print(f'export: error: {err}', file=sys.stderr)
         return 1
 

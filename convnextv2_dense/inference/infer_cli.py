@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
+import pickle
 import sys
 import warnings
 from collections.abc import Sequence
@@ -48,6 +49,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument('--coco-ann', metavar='FILE', default=None,
                         help='detection: take image ids (by file name) and category ids (by class name) from '
                              'this COCO annotation file, so predictions.json can be scored against it')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle CHECKPOINT completely (weights_only=False): only for files you trust; by '
+                             'default only tensors, containers, numpy values and mmengine HistoryBuffers are read')
     parser.add_argument('--compile', action='store_true', help='keep torch.compile on for a backbone whose '
                         'config asks for it (default: eager)')
     from mmengine.config import DictAction
@@ -148,7 +152,8 @@ def run_model(args: argparse.Namespace, sources, failed: list[str]) -> None:
     from .model_loading import load_model
     from .outputs import VideoSink, det_summary, seg_summary, write_classes, write_det, write_seg
     from .predict import predict_det, predict_seg
-    loaded = load_model(args.config, args.checkpoint, _device(args.device), args.cfg_options, args.compile)
+    loaded = load_model(args.config, args.checkpoint, _device(args.device), args.cfg_options, args.compile,
+                        args.trust_checkpoint)
     if loaded.task == 'seg' and (args.score_thr is not None or args.coco_ann is not None):
         raise InferenceInputError('--score-thr and --coco-ann apply to detection configs; '
                                   f'{args.config} is a segmentation config')
@@ -198,7 +203,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         sources = find_sources(args.inputs)
         (run_backbone if args.backbone else run_model)(args, sources, failed)
-    except (InferenceInputError, CheckpointMismatchError, CheckpointError) as err:
+    except (InferenceInputError, CheckpointMismatchError, CheckpointError, pickle.UnpicklingError) as err:
         print(f'infer: error: {err}', file=sys.stderr)
         return 1
     if failed:

@@ -76,19 +76,27 @@ def read_config(config: str, cfg_options: dict | None = None, compile: bool = Fa
     return cfg
 
 
-def read_state_dict(checkpoint: str) -> tuple[dict[str, torch.Tensor], dict]:
+def read_state_dict(checkpoint: str, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """A checkpoint's tensors (``state_dict`` wrapper and ``module.`` prefixes removed) and its meta.
+
+    Local and http(s) files are read through :func:`~convnextv2_dense.mm.checkpoint_safety.safe_checkpoint_loading`
+    (tensors, containers, numpy values and mmengine HistoryBuffers only), as ``tools/test.py`` does.
 
     Args:
         checkpoint (str): A path, an http(s) URL or any source mmengine's ``CheckpointLoader`` reads.
+        trust (bool): Unpickle everything (``--trust-checkpoint``): only for files you trust.
+            Defaults to False.
 
     Returns:
         tuple[dict, dict]: The state dict and the ``meta`` entry (empty when absent).
     """
     from mmengine.runner.checkpoint import _load_checkpoint
+
+    from ..mm.checkpoint_safety import safe_checkpoint_loading
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise InferenceInputError(f'checkpoint not found: {checkpoint!r}')
-    loaded = _load_checkpoint(checkpoint, map_location='cpu')
+    with safe_checkpoint_loading(trust=trust, switch='--trust-checkpoint'):
+        loaded = _load_checkpoint(checkpoint, map_location='cpu')
     if not isinstance(loaded, dict):
         raise CheckpointMismatchError(f'checkpoint {checkpoint!r} holds a {type(loaded).__name__}, not a dict '
                                       'of tensors')
@@ -142,7 +150,7 @@ def _num_classes(model: nn.Module, task: str) -> int | None:
 
 
 def load_model(config: str, checkpoint: str, device: str = 'cpu', cfg_options: dict | None = None,
-               compile: bool = False) -> LoadedModel:
+               compile: bool = False, trust: bool = False) -> LoadedModel:
     """Build the config's model with mm's own init function and load ``checkpoint`` strictly.
 
     Args:
@@ -151,6 +159,7 @@ def load_model(config: str, checkpoint: str, device: str = 'cpu', cfg_options: d
         device (str): ``'cpu'``, ``'cuda'``, ``'cuda:1'``... Defaults to 'cpu'.
         cfg_options (dict, optional): Config overrides. Defaults to None.
         compile (bool): Keep a backbone's ``torch.compile``. Defaults to False (eager).
+        trust (bool): Unpickle the checkpoint completely (only for files you trust). Defaults to False.
 
     Returns:
         LoadedModel: The model in eval mode, with its class names and palette.
@@ -172,7 +181,7 @@ def load_model(config: str, checkpoint: str, device: str = 'cpu', cfg_options: d
             model = init_detector(cfg, None, device='cpu')
     from mmengine.model import revert_sync_batchnorm
     model = revert_sync_batchnorm(model)  # SyncBN needs a process group; eval BN is the same computation
-    state, meta = read_state_dict(checkpoint)  # after the mm imports: they register the safe unpickler
+    state, meta = read_state_dict(checkpoint, trust)
     check_fit(model, state, checkpoint)
     model.load_state_dict(state, strict=True)
     classes, palette = _class_names(cfg, meta, _num_classes(model, task))

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..compat import is_capturing
+
 
 def argmax_accuracy(pred: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
     """Top-1 accuracy in percent, as mmseg's ``accuracy(pred, target, ignore_index=...)``, shape (1,).
@@ -71,8 +73,9 @@ def upsample_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool 
         size (Sequence[int]): Output (H', W'), each at least the input's.
         align_corners (bool, optional): As in ``F.interpolate``. Defaults to None.
     """
-    size = tuple(int(s) for s in size)
-    if x.requires_grad and torch.is_grad_enabled() and x.dim() == 4 and size[0] >= x.shape[-2] \
-            and size[1] >= x.shape[-1] and size != tuple(x.shape[-2:]):
-        return _UpsampleBilinear.apply(x, size, align_corners)
+    if x.requires_grad and torch.is_grad_enabled() and x.dim() == 4 and not is_capturing():
+        size = tuple(int(s) for s in size)
+        if size[0] >= x.shape[-2] and size[1] >= x.shape[-1] and size != tuple(x.shape[-2:]):
+            return _UpsampleBilinear.apply(x, size, align_corners)
+    # ``size`` as given: int() of a traced size would freeze it into an exported graph (tools/export.py)
     return F.interpolate(x, size=size, mode='bilinear', align_corners=align_corners)

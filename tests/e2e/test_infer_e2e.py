@@ -151,3 +151,24 @@ def test_python_m_dispatch(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'convnextv2_dense', 'nonsense'], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "unknown command 'nonsense'" in proc.stderr
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ('code ran while unpickling',))
+
+
+def test_checkpoint_is_read_safely(seg_checkpoint, ade_root, tmp_path):
+    import torch
+    from mmengine.logging import HistoryBuffer
+    image = _val_images(ade_root)[0]
+    checkpoint = torch.load(seg_checkpoint, map_location='cpu', weights_only=False)
+    checkpoint['message_hub'] = {'log_scalars': {'loss': HistoryBuffer([1.0, 2.0], [1, 1])}}  # as stock mmengine
+    torch.save(checkpoint, tmp_path / 'stock.pth')
+    proc = run_tool('tools/infer.py', SEG, tmp_path / 'stock.pth', image, '--out-dir', tmp_path / 'o')
+    assert f'{image.stem} 64x64' in proc.stdout
+    checkpoint['meta']['extra'] = _RunsCode()
+    torch.save(checkpoint, tmp_path / 'unsafe.pth')
+    proc = run_tool('tools/infer.py', SEG, tmp_path / 'unsafe.pth', image, '--out-dir', tmp_path / 'o', check=False)
+    assert proc.returncode == 1 and 'refused to load' in proc.stderr and '--trust-checkpoint' in proc.stderr
+    assert 'code ran while unpickling' not in proc.stdout + proc.stderr
