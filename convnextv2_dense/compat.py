@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import pickle
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -67,15 +68,45 @@ def safe_globals() -> list:
     return list(getter()) if getter is not None else []
 
 
+def global_name(entry: Any) -> tuple[Any, str]:
+    """An allow-list entry, an object or an ``(object, 'module.name')`` pair, as ``(object, name)``."""
+    if isinstance(entry, tuple):
+        return entry
+    return entry, f'{entry.__module__}.{entry.__qualname__}'
+
+
+def load_weights_only(path: str, map_location: Any = None, allowed: Sequence[Any] = ()) -> Any:
+    """``torch.load(path, weights_only=True)`` with ``allowed`` added to torch's allow-list, on every torch.
+
+    torch >= 2.6 takes the entries through ``torch.serialization.safe_globals``. Before, a restricted
+    unpickler applies the same rules: globals come from torch's allow-list and ``allowed`` only (anything
+    else is refused with an ``UnpicklingError`` naming the ``GLOBAL``), and state is set only on tensors,
+    parameters, ordered dicts and instances of the allowed classes.
+
+    Args:
+        path (str): A file written by ``torch.save``.
+        map_location (Any): As for ``torch.load``. Defaults to None.
+        allowed (Sequence): Objects, or ``(object, 'module.name')`` pairs for an object stored under
+            another name. Defaults to ().
+
+    Returns:
+        Any: What the file holds.
+    """
+    if TORCH >= (2, 6):
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=False,
+                      pickle_module=_RestrictedPickle(allowed))
+
+
 def load_replacing_objects(path: str, placeholder: type) -> Any:
     """``torch.load(path, weights_only=True)``, with every global outside torch's weights-only allow-list
     replaced by ``placeholder`` (called with the pickled arguments, given the pickled state), so a training
     checkpoint's extra objects (argparse namespaces, numpy scalars, history buffers) never import or run code.
 
     torch >= 2.6 does this itself (``get_unsafe_globals_in_checkpoint`` and ``safe_globals`` with names).
-    Before, a restricted unpickler does it: globals come only from torch's allow-list, those of
-    :data:`BLOCKED_MODULES` are refused, and state is set only on tensors, parameters and ordered dicts (the
-    same rules as torch's), never on an allowed class.
+    Before, the restricted unpickler of :func:`load_weights_only` does it, with the placeholder standing
+    for what it would refuse; globals of :data:`BLOCKED_MODULES` are refused all the same.
 
     Args:
         path (str): A file written by ``torch.save``.
@@ -89,33 +120,46 @@ def load_replacing_objects(path: str, placeholder: type) -> Any:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # noqa: BLE001 - legacy (non-zip) files; torch.load below reports the real error
             unsafe = []
-        with torch.serialization.safe_globals([(placeholder, name) for name in unsafe]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    return torch.load(path, map_location='cpu', weights_only=False, pickle_module=_PlaceholderPickle(placeholder))
+        return load_weights_only(path, 'cpu', [(placeholder, name) for name in unsafe])
+    return torch.load(path, map_location='cpu', weights_only=False,
+                      pickle_module=_RestrictedPickle((), placeholder))
 
 
-class _PlaceholderPickle:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler builds only allowed globals (torch < 2.6)."""
+class _RestrictedPickle:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler builds only allowed globals (torch < 2.6).
 
-    __name__ = 'placeholder_pickle'
+    A global outside torch's allow-list and ``allowed`` becomes ``placeholder`` where one is given, and is
+    refused otherwise; those of :data:`BLOCKED_MODULES` are always refused.
+    """
 
-    def __init__(self, placeholder: type) -> None:
+    __name__ = 'restricted_pickle'
+
+    def __init__(self, allowed: Sequence[Any] = (), placeholder: type | None = None) -> None:
         from torch._weights_only_unpickler import _get_allowed_globals
-        allowed = dict(_get_allowed_globals())
+        globals_ = dict(_get_allowed_globals())
+        extra = dict(reversed(global_name(entry)) for entry in allowed)
+        globals_.update(extra)
+        settable = tuple(obj for obj in extra.values() if isinstance(obj, type))
 
         class Unpickler(pickle._Unpickler):  # the Python implementation: its BUILD can be restricted
             dispatch = dict(pickle._Unpickler.dispatch)
 
             def find_class(self, module: str, name: str) -> Any:
+                qualified = f'{module}.{name}'
                 if module.split('.')[0] in BLOCKED_MODULES:
-                    raise pickle.UnpicklingError(f'checkpoint asks for GLOBAL {module}.{name}, from a module that '
+                    raise pickle.UnpicklingError(f'checkpoint asks for GLOBAL {qualified}, from a module that '
                                                  'is never loaded from a checkpoint')
-                return allowed.get(f'{module}.{name}', placeholder)
+                if qualified in globals_:
+                    return globals_[qualified]
+                if placeholder is None:
+                    raise pickle.UnpicklingError(f'Unsupported global: GLOBAL {qualified} is not an allowed '
+                                                 'global')
+                return placeholder
 
             def load_build(self) -> None:
                 state = self.stack.pop()
                 target = self.stack[-1]
-                if isinstance(target, placeholder):
+                if placeholder is not None and isinstance(target, placeholder):
                     return
                 if type(target) is torch.Tensor:  # legacy files
                     target.set_(*state)
@@ -123,9 +167,15 @@ class _PlaceholderPickle:
                     target.__setstate__(state)
                 elif type(target) is collections.OrderedDict:
                     target.__dict__.update(state)
+                elif settable and isinstance(target, settable) and not isinstance(target, type):
+                    if hasattr(target, '__setstate__'):
+                        target.__setstate__(state)
+                    else:
+                        target.__dict__.update(state)
                 else:
                     raise pickle.UnpicklingError(f'checkpoint sets the state of a {type(target).__name__}, '
-                                                 'which only tensors and ordered dicts may have set')
+                                                 'which only tensors, ordered dicts and allowed classes may '
+                                                 'have set')
 
             dispatch[pickle.BUILD[0]] = load_build
 

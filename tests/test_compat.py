@@ -148,9 +148,41 @@ def test_old_torch_reader_refuses_to_set_state_on_an_allowed_class():
     # GLOBAL collections.OrderedDict (the class itself), then BUILD {'x': 1} on it: would patch the class.
     raw = b'\x80\x02ccollections\nOrderedDict\nq\x00}q\x01X\x01\x00\x00\x00xq\x02K\x01sb.'
     with pytest.raises(pickle.UnpicklingError, match='sets the state of a type'):
-        compat._PlaceholderPickle(Placeholder).load(io.BytesIO(raw))
+        compat._RestrictedPickle((), Placeholder).load(io.BytesIO(raw))
     assert not hasattr(OrderedDict, 'x')
 
 
 def test_safe_globals_is_a_list_on_every_torch():
     assert isinstance(compat.safe_globals(), list)
+
+
+class Tally:
+    """A plain class a caller allows: built with ``__new__``, its ``__dict__`` set from the pickle."""
+
+    def __init__(self, counts):
+        self.counts = counts
+
+
+def test_allowed_globals_are_built_and_their_state_set(reader, tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'w': torch.arange(3.0), 'tally': Tally([1, 2])}, path)
+    loaded = compat.load_weights_only(str(path), 'cpu', [Tally])
+    assert isinstance(loaded['tally'], Tally) and loaded['tally'].counts == [1, 2]
+    torch.testing.assert_close(loaded['w'], torch.arange(3.0))
+
+
+def test_an_allowed_global_under_another_name_stands_in_for_it(reader, tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save({'args': argparse.Namespace(lr=0.1)}, path)
+    loaded = compat.load_weights_only(str(path), 'cpu', [(Tally, 'argparse.Namespace')])
+    assert isinstance(loaded['args'], Tally) and loaded['args'].lr == 0.1
+
+
+def test_a_global_outside_the_allow_list_is_refused_naming_it(reader, tmp_path):
+    marker = tmp_path / 'ran'
+    path = tmp_path / 'evil.pth'
+    torch.save({'w': torch.zeros(1), 'args': argparse.Namespace(lr=0.1),
+                'payload': RunsCode(str(marker), via_os=False)}, path)
+    with pytest.raises(pickle.UnpicklingError, match=r'GLOBAL argparse\.Namespace|GLOBAL subprocess'):
+        compat.load_weights_only(str(path), 'cpu', [Tally])
+    assert not marker.exists()

@@ -22,6 +22,9 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
@@ -36,11 +39,25 @@ TASKS = {
 }
 
 
-def run(*args: str) -> None:
+STEP_SECONDS: dict[str, float] = {}  # wall time of each step this run, for the summary
+
+
+@contextmanager
+def timed(step: str) -> Iterator[None]:
+    """Add the wall time of the block to :data:`STEP_SECONDS` under ``step``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STEP_SECONDS[step] = STEP_SECONDS.get(step, 0.0) + time.perf_counter() - start
+
+
+def run(*args: str, step: str | None = None) -> None:
     """Run one of our tools as a user would, streaming its output; stop the demo if it fails."""
     cmd = [sys.executable, *args]
     print('\n$ ' + ' '.join(cmd), flush=True)
-    result = subprocess.run(cmd, cwd=REPO_ROOT)
+    with timed(step or osp.basename(args[0])):
+        result = subprocess.run(cmd, cwd=REPO_ROOT)
     if result.returncode != 0:
         raise SystemExit(f'demo step failed with exit code {result.returncode}: {" ".join(args)}')
 
@@ -111,7 +128,7 @@ def infer_and_features(task: str, config: str, checkpoint: str, work_dir: str, c
     from PIL import Image
 
     from convnextv2_dense.inference.infer_cli import main as infer  # in this process: no second start-up
-    images = sorted(glob.glob(osp.join(REPO, DEMO_DATA, DEMO_IMAGES[task])))[:count]
+    images = sorted(glob.glob(osp.join(REPO_ROOT, DEMO_DATA, DEMO_IMAGES[task])))[:count]
     infer_dir = osp.join(work_dir, 'infer')
     for args in ([config, checkpoint, *images], ['--backbone', checkpoint, images[0]]):
         args += ['--out-dir', infer_dir, '--device', 'cpu']
@@ -157,34 +174,40 @@ def main() -> None:
         print(f'(already done: delete {work_dir} to run the {args.task} demo again)')
         return
 
-    run('tools/make_demo_data.py', '--out', DEMO_DATA)
+    demo_start = time.perf_counter()
+    run('tools/make_demo_data.py', '--out', DEMO_DATA, step='data')
 
     untrained = osp.join(work_dir, 'untrained.pth')
-    save_untrained(config, untrained, options)
-    run('tools/test.py', config, untrained, '--work-dir', osp.join(work_dir, 'test_untrained'))
+    with timed('untrained baseline'):
+        save_untrained(config, untrained, options)
+    run('tools/test.py', config, untrained, '--work-dir', osp.join(work_dir, 'test_untrained'),
+        step='untrained baseline')
     before = last_metrics(osp.join(work_dir, 'test_untrained'))
 
     train_dir = osp.join(work_dir, 'train')
     done_marker = osp.join(train_dir, 'done.json')
     if not (osp.isfile(done_marker) and json.load(open(done_marker)).get('config_digest') == digest):
         resume = ['--resume'] if osp.isfile(osp.join(train_dir, 'last_checkpoint')) else []
-        run('tools/train.py', config, '--work-dir', train_dir, *resume, *cfg_options)
+        run('tools/train.py', config, '--work-dir', train_dir, *resume, *cfg_options, step='train')
         with open(done_marker, 'w') as f:
             json.dump({'config_digest': digest}, f)
     checkpoint = newest_best(train_dir) or open(osp.join(train_dir, 'last_checkpoint')).read().strip()
 
     vis_dir, pred_dir = osp.join(work_dir, 'vis'), osp.join(work_dir, 'predictions')
     run('tools/test.py', config, checkpoint, '--work-dir', osp.join(work_dir, 'test'),
-        '--show-dir', vis_dir, '--out', pred_dir)
+        '--show-dir', vis_dir, '--out', pred_dir, step='test')
     after = last_metrics(osp.join(work_dir, 'test'))
     if args.task == 'det':
         results = [osp.join(pred_dir, f'results.{kind}.json') for kind in ('bbox', 'segm')]
         run('tools/coco_eval.py', '--ann', osp.join(DEMO_DATA, 'coco/annotations/instances_val2017.json'),
-            '--results', *results, '--json-out', osp.join(work_dir, 'coco_eval.json'))
+            '--results', *results, '--json-out', osp.join(work_dir, 'coco_eval.json'), step='coco_eval')
 
-    run('tools/plot_logs.py', train_dir, '--out-dir', osp.join(work_dir, 'plots'))
-    inference = infer_and_features(args.task, config, checkpoint, work_dir)
-    sheet = tile_predictions(vis_dir, osp.join(work_dir, 'predictions.png'))
+    run('tools/plot_logs.py', train_dir, '--out-dir', osp.join(work_dir, 'plots'), step='pictures')
+    with timed('infer + features'):
+        inference = infer_and_features(args.task, config, checkpoint, work_dir)
+    with timed('pictures'):
+        sheet = tile_predictions(vis_dir, osp.join(work_dir, 'predictions.png'))
+    total = time.perf_counter() - demo_start
 
     rows = [f'| {key} | {before.get(key, float("nan")):.4g} | {after.get(key, float("nan")):.4g} |'
             for key in task['report']]
@@ -193,12 +216,15 @@ def main() -> None:
         '| metric | untrained | trained |', '|---|---|---|', *rows, '',
         f'best checkpoint: {checkpoint}',
         f'curves: {osp.join(work_dir, "plots")}/loss.png, metrics.png',
-        f'predictions next to ground truth: {sheet or vis_dir}', *inference, ''])
+        f'predictions next to ground truth: {sheet or vis_dir}', *inference, '',
+        f'wall time of this run: {total:.0f} s (' + ', '.join(
+            f'{step} {seconds:.0f} s' for step, seconds in STEP_SECONDS.items()) + ')', ''])
     with open(osp.join(work_dir, 'summary.md'), 'w') as f:
         f.write(text)
     with open(summary_file, 'w') as f:
         json.dump({'config_digest': digest, 'config': config, 'checkpoint': checkpoint,
-                   'untrained': before, 'trained': after}, f, indent=2)
+                   'untrained': before, 'trained': after, 'seconds': {'total': total, **STEP_SECONDS}},
+                  f, indent=2)
     print('\n' + text)
 
 

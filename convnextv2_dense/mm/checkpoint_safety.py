@@ -8,7 +8,8 @@ with torch's default and http(s) files with ``weights_only=False``, which runs w
 
 :func:`safe_checkpoint_loading` replaces both, and only while it is active, by one rule: torch's
 weights-only unpickler with this allow-list added through torch's public API
-(``torch.serialization.safe_globals``):
+(``torch.serialization.safe_globals``; before torch 2.6, :func:`..compat.load_weights_only` applies
+the same rules):
 
 - ``mmengine.logging.HistoryBuffer``;
 - numpy's ``ndarray``, ``dtype`` and its per-type classes, the array reconstructor and the scalar
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..compat import load_weights_only
 from ..weights.io import CheckpointError, download
 
 HTTP_PREFIXES: tuple[str, ...] = ('http://', 'https://')
@@ -105,8 +107,7 @@ def load_checkpoint_file(path: str, map_location: Any = None, *, source: str | N
     if trust:
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(list(mmengine_safe_globals())):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        return load_weights_only(path, map_location, mmengine_safe_globals())
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         refusal = _refusal(err)
         if refusal is None:

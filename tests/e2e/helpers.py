@@ -5,10 +5,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_tool(*args, check=True, timeout=600):
-    """The root conftest's ``run_tool`` (``run_repo_tool``), for module-level code and fixtures of wider
-    scope: ``python tools/...`` from the repo root, output captured."""
-    import conftest  # the root tests/conftest.py, which pytest has already imported under this name
-    return conftest.run_repo_tool(*args, check=check, timeout=timeout)
+    """The root conftest's ``run_tool`` fixture (``suite_support.run_repo_tool``), for module-level code and
+    fixtures of wider scope: ``python tools/...`` from the repo root, output captured."""
+    from suite_support import run_repo_tool
+    return run_repo_tool(*args, check=check, timeout=timeout)
 
 
 def seg_options(data_root, **extra):

@@ -57,13 +57,13 @@ def test_full_iteration_table_on_cpu(tmp_path, capsys, config, extra, load_tool)
     assert rows[0]['extra']['params_m'] == pytest.approx(rows[1]['extra']['params_m'])
 
 
-def test_full_iteration_profile_and_stock_row_on_cpu(tmp_path, capsys):
+def test_full_iteration_profile_and_stock_row_on_cpu(tmp_path, capsys, load_tool):
     pytest.importorskip('mmengine')
     json_out = tmp_path / 'full.json'
     argv = ['full', '--config', 'configs/demo/upernet_convnextv2_atto_demo.py', '--img-size', '64',
             '--backbone-impl', 'stock', 'ours', '--device', 'cpu', '--warmup', '1', '--iters', '1', '--profile', '1',
             '--json-out', str(json_out)]
-    assert load_tool().main(argv) == 0
+    assert load_tool('benchmark').main(argv) == 0
     table = capsys.readouterr().out
     assert 'profile of stock' in table and 'profile of ours' in table and '| host op (self time) |' in table
     rows = json.loads(json_out.read_text())['rows']
@@ -95,7 +95,7 @@ def test_full_iteration_handles_cascades_list_of_bbox_heads(tmp_path):
     assert [row['status'] for row in report['rows']] == ['ok']
 
 
-def test_the_ours_row_runs_eager_even_where_the_config_compiles(tmp_path, monkeypatch):
+def test_the_ours_row_runs_eager_even_where_the_config_compiles(tmp_path, monkeypatch, load_tool):
     pytest.importorskip('mmengine')
     import torch
 
@@ -106,5 +106,5 @@ def test_the_ours_row_runs_eager_even_where_the_config_compiles(tmp_path, monkey
     json_out = tmp_path / 'full.json'
     argv = ['full', '--config', 'configs/upernet_convnextv2_atto_ade20k.py', '--backbone-impl', 'ours', '--device', 'cpu',
             '--warmup', '1', '--iters', '1', '--img-size', '64', '--json-out', str(json_out)]
-    assert load_tool().main(argv) == 0
+    assert load_tool('benchmark').main(argv) == 0
     assert [row['status'] for row in json.loads(json_out.read_text())['rows']] == ['ok']
