@@ -32,8 +32,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                'img.jpg --out-dir feats',
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('args', nargs='+', metavar='ARG',
-                        help='CONFIG CHECKPOINT INPUT [INPUT ...], or only INPUTs with --backbone; CHECKPOINT '
-                             'is a path, an http(s) URL or anything mmengine loads')
+                        help='CONFIG CHECKPOINT INPUT [INPUT ...], or only INPUTs with --backbone; CONFIG is a '
+                             'file or a model name of model-index.yml (as in the README table); CHECKPOINT is a '
+                             'path, an http(s) URL or anything mmengine loads')
     parser.add_argument('--backbone', metavar='SOURCE',
                         help='backbone-only mode: an HF repo id or directory, or an official / timm / mmpretrain '
                              '/ our checkpoint file; writes features/NAME.npz and a PCA picture per stage')

@@ -56,7 +56,7 @@ def read_config(config: str, cfg_options: dict | None = None, compile: bool = Fa
     """Read an mm config, apply overrides, and keep the backbone eager unless ``compile`` is asked for.
 
     Args:
-        config (str): The config file.
+        config (str): The config file, or a model name of ``model-index.yml``.
         cfg_options (dict, optional): ``--cfg-options`` overrides. Defaults to None.
         compile (bool): Leave a backbone's ``compile=True`` on. Defaults to False.
 
@@ -65,9 +65,8 @@ def read_config(config: str, cfg_options: dict | None = None, compile: bool = Fa
     """
     import convnextv2_dense  # noqa: F401  (registers the backbone before anything is built)
     from mmengine.config import Config
-    if not osp.isfile(config):
-        raise InferenceInputError(f'config file not found: {config!r}')
-    cfg = Config.fromfile(config)
+    from .model_names import resolve_config
+    cfg = Config.fromfile(resolve_config(config))
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     backbone = cfg.get('model', {}).get('backbone')
@@ -154,7 +153,7 @@ def load_model(config: str, checkpoint: str, device: str = 'cpu', cfg_options: d
     """Build the config's model with mm's own init function and load ``checkpoint`` strictly.
 
     Args:
-        config (str): An mmseg or mmdet config file.
+        config (str): An mmseg or mmdet config file, or a model name of ``model-index.yml``.
         checkpoint (str): A path, URL or anything mmengine's checkpoint loader reads.
         device (str): ``'cpu'``, ``'cuda'``, ``'cuda:1'``... Defaults to 'cpu'.
         cfg_options (dict, optional): Config overrides. Defaults to None.
