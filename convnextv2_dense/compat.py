@@ -6,6 +6,7 @@ library; every version difference of the package lives here, each with the relea
 """
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import pickle
 import re
@@ -145,6 +146,9 @@ class _RestrictedPickle:
             dispatch = dict(pickle._Unpickler.dispatch)
 
             def find_class(self, module: str, name: str) -> Any:
+                if self.proto < 3 and self.fix_imports:  # protocol 2 names Python 2's modules, as pickle maps
+                    module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+                    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
                 qualified = f'{module}.{name}'
                 if module.split('.')[0] in BLOCKED_MODULES:
                     raise pickle.UnpicklingError(f'checkpoint asks for GLOBAL {qualified}, from a module that '

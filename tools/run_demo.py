@@ -120,15 +120,19 @@ def tile_predictions(vis_dir: str, out_file: str, count: int = 6) -> str | None:
 DEMO_IMAGES = {'seg': 'ade/ADEChallengeData2016/images/validation/*.jpg', 'det': 'coco/val2017/*.jpg'}
 
 
-def infer_and_features(task: str, config: str, checkpoint: str, work_dir: str, count: int = 3) -> list[str]:
-    """Run ``tools/infer.py`` on a few validation images, and its backbone mode on the first; return
-    summary lines. The backbone's feature maps (first three principal components as RGB) are tiled
-    next to the image into ``features.png``.
+def demo_images(task: str, count: int = 3) -> list[str]:
+    """The first ``count`` validation images of the task's demo dataset."""
+    return sorted(glob.glob(osp.join(REPO_ROOT, DEMO_DATA, DEMO_IMAGES[task])))[:count]
+
+
+def infer_and_features(config: str, checkpoint: str, images: list[str], work_dir: str) -> list[str]:
+    """Run ``tools/infer.py`` on ``images``, and its backbone mode on the first; return summary lines.
+    The backbone's feature maps (first three principal components as RGB) are tiled next to the image
+    into ``features.png``.
     """
     from PIL import Image
 
     from convnextv2_dense.inference.infer_cli import main as infer  # in this process: no second start-up
-    images = sorted(glob.glob(osp.join(REPO_ROOT, DEMO_DATA, DEMO_IMAGES[task])))[:count]
     infer_dir = osp.join(work_dir, 'infer')
     for args in ([config, checkpoint, *images], ['--backbone', checkpoint, images[0]]):
         args += ['--out-dir', infer_dir, '--device', 'cpu']
@@ -204,7 +208,7 @@ def main() -> None:
 
     run('tools/plot_logs.py', train_dir, '--out-dir', osp.join(work_dir, 'plots'), step='pictures')
     with timed('infer + features'):
-        inference = infer_and_features(args.task, config, checkpoint, work_dir)
+        inference = infer_and_features(config, checkpoint, demo_images(args.task), work_dir)
     with timed('pictures'):
         sheet = tile_predictions(vis_dir, osp.join(work_dir, 'predictions.png'))
     total = time.perf_counter() - demo_start

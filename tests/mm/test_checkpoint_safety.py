@@ -108,6 +108,16 @@ def served(tmp_path, monkeypatch):
     server.server_close()
 
 
+@pytest.fixture(params=['this torch', 'torch < 2.6 path'])
+def reader(request, monkeypatch):
+    """Each reading test runs on this torch's weights-only loader and on the restricted unpickler that
+    ``compat.load_weights_only`` uses before torch 2.6 (``make test-floor`` has no mmengine to run them)."""
+    if request.param == 'torch < 2.6 path':
+        from convnextv2_dense import compat
+        monkeypatch.setattr(compat, 'TORCH', (2, 1))
+    return request.param
+
+
 # ------------------------------------------------------------------------------ nothing on by default
 def ours_in_torch_allow_list() -> list:
     """Entries of torch's process-wide allow-list that name numpy, mmengine or getattr (torch adds its own)."""
@@ -137,7 +147,7 @@ def test_the_loaders_come_back_after_the_block(checkpoint):
 
 
 # ------------------------------------------------------------------------------ what the allow-list reads
-def test_history_buffers_numpy_values_and_tensors_survive(checkpoint):
+def test_history_buffers_numpy_values_and_tensors_survive(checkpoint, reader):
     path, ckpt = checkpoint
     with safe_checkpoint_loading():
         loaded = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
@@ -151,7 +161,7 @@ def test_history_buffers_numpy_values_and_tensors_survive(checkpoint):
     assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
 
 
-def test_history_buffer_statistics_work_after_loading(checkpoint):
+def test_history_buffer_statistics_work_after_loading(checkpoint, reader):
     # the pickled statistics methods come back through the restricted getattr
     path, _ = checkpoint
     hub = MessageHub.get_instance('checkpoint-safety-resumed')
@@ -170,7 +180,7 @@ def test_a_stock_checkpoint_is_read_from_an_http_url(checkpoint, served, tmp_pat
 
 
 # ------------------------------------------------------------------------------ what it refuses
-def test_a_pickle_that_runs_a_shell_command_is_refused_locally(evil):
+def test_a_pickle_that_runs_a_shell_command_is_refused_locally(evil, reader):
     path, marker = evil
     with safe_checkpoint_loading(), pytest.raises(UnsafeCheckpointError) as info:
         CheckpointLoader.load_checkpoint(str(path))
@@ -207,14 +217,14 @@ def test_trust_loads_what_the_allow_list_refuses(evil):
     ('a string', 'format'),                  # getattr on anything that is not a HistoryBuffer
     (HistoryBuffer, '__init_subclass__'),    # or a private / dunder name of HistoryBuffer
 ])
-def test_getattr_is_refused_outside_history_buffer_methods(tmp_path, obj, name):
+def test_getattr_is_refused_outside_history_buffer_methods(tmp_path, reader, obj, name):
     path = tmp_path / 'lookup.pth'
     torch.save({'meta': LooksUp(obj, name)}, path)
     with safe_checkpoint_loading(), pytest.raises(UnsafeCheckpointError, match='only public HistoryBuffer'):
         CheckpointLoader.load_checkpoint(str(path))
 
 
-def test_getattr_of_a_public_history_buffer_method_is_allowed(tmp_path):
+def test_getattr_of_a_public_history_buffer_method_is_allowed(tmp_path, reader):
     # the control: the same pickle shape with a public method loads
     path = tmp_path / 'lookup.pth'
     torch.save({'meta': LooksUp(HistoryBuffer, 'mean')}, path)
@@ -230,7 +240,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path, content):
         CheckpointLoader.load_checkpoint(str(path))
 
 
-def test_a_truncated_checkpoint_is_named(checkpoint, tmp_path):
+def test_a_truncated_checkpoint_is_named(checkpoint, reader, tmp_path):
     path = tmp_path / 'cut.pth'
     data = checkpoint[0].read_bytes()
     path.write_bytes(data[:len(data) // 2])
