@@ -106,8 +106,10 @@ step_mmcv() {
     (cd / && "$PYTHON" -c 'import mmcv, mmcv._ext; print("mmcv", mmcv.__version__, "with compiled ops")')
 }
 
-# The tests that mean something on a GPU (CUDA RoIAlign on our features, parity, backbone contracts).
+# The tests that mean something on a GPU (CUDA RoIAlign on our features, parity, backbone contracts), after
+# the environment check's GPU branch (mmcv's CUDA build, a CUDA RoIAlign against the CPU one).
 step_gpu_tests() {
+    "$PYTHON" -m convnextv2_dense.doctor --require-mm 2>&1 | tee -a "$LOG_DIR/gpu-tests.log" | tee -a "$OUT/summary.md"
     "$PYTHON" -m pytest -q -p no:cacheprovider -x tests/mm/test_roi_features.py tests/models 2>&1 \
         | tee -a "$LOG_DIR/gpu-tests.log" | tail -n 15
     return "${PIPESTATUS[0]}"
