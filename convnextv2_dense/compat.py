@@ -96,8 +96,7 @@ def load_weights_only(path: str, map_location: Any = None, allowed: Sequence[Any
     if TORCH >= (2, 6):
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(path, map_location=map_location, weights_only=True)
-    return torch.load(path, map_location=map_location, weights_only=False,
-                      pickle_module=_RestrictedPickle(allowed))
+    return _restricted_load(path, map_location, allowed)
 
 
 def load_replacing_objects(path: str, placeholder: type) -> Any:
@@ -122,8 +121,14 @@ def load_replacing_objects(path: str, placeholder: type) -> Any:
         except Exception:  # noqa: BLE001 - legacy (non-zip) files; torch.load below reports the real error
             unsafe = []
         return load_weights_only(path, 'cpu', [(placeholder, name) for name in unsafe])
-    return torch.load(path, map_location='cpu', weights_only=False,
-                      pickle_module=_RestrictedPickle((), placeholder))
+    return _restricted_load(path, 'cpu', placeholder=placeholder)
+
+
+def _restricted_load(path: str, map_location: Any, allowed: Sequence[Any] = (),
+                     placeholder: type | None = None) -> Any:
+    """``torch.load`` through :class:`_RestrictedPickle` (torch < 2.6)."""
+    return torch.load(path, map_location=map_location, weights_only=False,
+                      pickle_module=_RestrictedPickle(allowed, placeholder))
 
 
 class _RestrictedPickle:

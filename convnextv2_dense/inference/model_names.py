@@ -19,24 +19,16 @@ MODEL_INDEX = REPO_ROOT / 'model-index.yml'
 
 
 @cache
-def model_configs(index: Path = MODEL_INDEX) -> dict[str, Path]:
-    """Every model name of the zoo and its config file.
-
-    Args:
-        index (Path): The ``model-index.yml``. Defaults to the checkout's.
-
-    Returns:
-        dict[str, Path]: Config files (absolute) by model name, in the metafiles' order.
-    """
+def model_configs() -> dict[str, Path]:
+    """Every model name of the zoo and its config file (absolute), in the metafiles' order; none without a
+    ``model-index.yml`` (an installed copy of the package, not a checkout)."""
     import yaml
-    if not index.is_file():
-        raise InferenceInputError(f'model names need {index}, which is not there (a checkout of the '
-                                  'repository has it); give a config file instead')
-    root = index.parent
+    if not MODEL_INDEX.is_file():
+        return {}
     models: dict[str, Path] = {}
-    for metafile in yaml.safe_load(index.read_text()).get('Import', []):
-        for model in yaml.safe_load((root / metafile).read_text()).get('Models', []):
-            models[model['Name']] = root / model['Config']
+    for metafile in yaml.safe_load(MODEL_INDEX.read_text()).get('Import', []):
+        for model in yaml.safe_load((REPO_ROOT / metafile).read_text()).get('Models', []):
+            models[model['Name']] = REPO_ROOT / model['Config']
     return models
 
 
@@ -54,7 +46,7 @@ def resolve_config(config: str) -> str:
     """
     if osp.isfile(config):
         return config
-    models = model_configs() if MODEL_INDEX.is_file() else {}
+    models = model_configs()
     if config in models:
         return str(models[config])
     close = difflib.get_close_matches(Path(config).stem, list(models), n=3, cutoff=0.6)

@@ -1,14 +1,6 @@
-"""Pointing the demo configs at tiny synthetic datasets (tools run through the root conftest's ``run_tool``)."""
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run_tool(*args, check=True, timeout=600):
-    """The root conftest's ``run_tool`` fixture (``suite_support.run_repo_tool``), for module-level code and
-    fixtures of wider scope: ``python tools/...`` from the repo root, output captured."""
-    from suite_support import run_repo_tool
-    return run_repo_tool(*args, check=check, timeout=timeout)
+"""Pointing the demo configs at tiny synthetic datasets. ``run_tool`` is the root conftest's fixture of that
+name as a plain function, for module-level code and fixtures of wider scope."""
+from suite_support import REPO, run_repo_tool as run_tool  # noqa: F401  (re-exported for the e2e tests)
 
 
 def seg_options(data_root, **extra):
