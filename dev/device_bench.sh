@@ -8,7 +8,7 @@
 #   dev/device_bench.sh                     # every step
 #   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels mmcv gpu-tests dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
+# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
 # full-seg-tiny full-det-base full-det-tiny full-cascade
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
 # shared/wheels; an mmcv-*.tar.gz sdist there is compiled with CUDA ops by the mmcv step), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
@@ -29,7 +29,7 @@ BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
 FULL_IMPLS=${FULL_IMPLS:-"stock ours ours-plain ours-compile hf"}
 BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile hf"}
-ALL_STEPS="env wheels mmcv gpu-tests dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade"
+ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -115,6 +115,25 @@ step_gpu_tests() {
     return "${PIPESTATUS[0]}"
 }
 
+# tools/export.py of a V2-B backbone (random non-zero weights, 512x512) exported on the GPU: --fp16 checked
+# against fp32 eager on the GPU (onnxruntime's CUDA provider where installed, else its CPU provider), then
+# fp32 for its 1e-4 gate. The files stay in a temporary folder.
+step_export_fp16() {
+    local dir
+    dir=$(mktemp -d)
+    "$PYTHON" -c 'import sys, torch
+sys.path.insert(0, "tests")
+from suite_support import randomize_parameters
+from convnextv2_dense.models import ConvNeXtV2
+torch.save(randomize_parameters(ConvNeXtV2(arch="base")).state_dict(), sys.argv[1])' "$dir/base.pth" || return 1
+    "$PYTHON" tools/export.py backbone "$dir/base.pth" --out "$dir/base16.onnx" --fp16 --device cuda \
+        --input-size 512 512 2>&1 | tee -a "$OUT/summary.md"
+    [ "${PIPESTATUS[0]}" = 0 ] || return 1
+    "$PYTHON" tools/export.py backbone "$dir/base.pth" --out "$dir/base32.onnx" --device cuda \
+        --input-size 512 512 2>&1 | tee -a "$OUT/summary.md"
+    return "${PIPESTATUS[0]}"
+}
+
 # The fused block against the plain one on the GPU (numerics and speed), see dev/check_fused.py.
 step_check_fused() {
     "$PYTHON" dev/check_fused.py --json-out "$OUT/check-fused.json" | tee -a "$OUT/summary.md"
@@ -189,6 +208,7 @@ for step in $STEPS; do
         wheels) step_wheels ;;
         mmcv) step_mmcv ;;
         gpu-tests) step_gpu_tests ;;
+        export-fp16) step_export_fp16 ;;
         check-fused) step_check_fused ;;
         dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;

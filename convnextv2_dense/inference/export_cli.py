@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from .export_check import (FP16_TOLERANCE, FP32_TOLERANCE, ParityError, gate, low_precision_reductions,
                            onnx_runner, pt2_runner, remove_export, write_onnx, write_pt2)
@@ -73,6 +74,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error('--out-features applies to a backbone export')
     if args.opset < 17:
         parser.error(f'--opset must be 17 or later (LayerNormalization keeps fp32 statistics), got {args.opset}')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU')
     if args.input_size is not None and min(args.input_size) < 32:
         parser.error(f'--input-size must be at least 32 x 32, got {args.input_size}')
 

@@ -108,3 +108,10 @@ def test_wrong_task_and_suffix_are_errors(seg_checkpoint, tmp_path):
     assert proc.returncode == 1 and 'export it as segmentor' in proc.stderr
     proc = run_tool('tools/export.py', 'segmentor', SEG, seg_checkpoint, '--out', tmp_path / 'x.trt', check=False)
     assert proc.returncode == 2 and 'must end in .onnx or .pt2' in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the answer on a machine without a GPU')
+def test_cuda_device_without_gpu_is_a_named_error(backbone_file, tmp_path):
+    proc = run_tool('tools/export.py', 'backbone', backbone_file, '--out', tmp_path / 'x.onnx', '--device', 'cuda',
+                    check=False)
+    assert proc.returncode == 2 and '--device cuda' in proc.stderr and 'sees no CUDA GPU' in proc.stderr
