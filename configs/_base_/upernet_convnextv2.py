@@ -7,6 +7,11 @@ custom_imports = dict(imports=['convnextv2_dense'], allow_failed_imports=False)
 
 num_classes = 150
 model = dict(
+    # mmseg's EncoderDecoder whose training step replays a CUDA graph of forward + loss + backward on the
+    # fixed-size crops (convnextv2_dense.mm.graph_step): same model and checkpoints; eager on the CPU and
+    # under DDP. cuda_graph=False: the stock step.
+    type='GraphedEncoderDecoder',
+    cuda_graph=True,
     data_preprocessor=dict(size=(512, 512)),
     pretrained=None,
     backbone=dict(

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..mm.fast_heads import STOCK_TYPES as FAST_HEAD_STOCK_TYPES
 from .impls import FULL_IMPLS, HFBackbone, installed
 from .profiling import format_profile, profile_step
 from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
@@ -33,9 +34,10 @@ class FullSettings:
     Args:
         config (str): An mmseg or mmdet config file.
         backbone_impls (tuple[str, ...]): Among :data:`~.impls.FULL_IMPLS`: 'stock' (eager, the plain
-            block, the stock mm components instead of our fast variants), 'ours' (eager, the config's
-            ``fused_block``), 'ours-plain' (eager, the plain PyTorch block), 'ours-compile' (``compile=True``),
-            'hf' (HF's backbone in the same heads). Defaults to ('ours',).
+            block, the stock mm components instead of our fast variants and no CUDA graph), 'ours' (no
+            ``torch.compile``, the config's ``fused_block`` and ``cuda_graph``), 'ours-eager' ('ours' without
+            the CUDA graph step), 'ours-plain' ('ours' with the plain PyTorch block), 'ours-compile'
+            ('ours' with ``compile=True``), 'hf' (HF's backbone in the same heads). Defaults to ('ours',).
         img_per_gpu (int, optional): Images per step. Defaults to None: 2 (seg) or 4 (det).
         img_size (int, optional): Square image size. Defaults to None: the seg config's crop or 1024.
         boxes (int): Random boxes and masks per detection image. Defaults to 20.
@@ -63,12 +65,16 @@ class FullSettings:
                              f'{self.profile}')
 
 
+# our mm variants -> the stock types they derive from; and the options the stock types do not have
+STOCK_TYPES: dict[str, str] = {'GraphedEncoderDecoder': 'EncoderDecoder', **FAST_HEAD_STOCK_TYPES}
+NON_STOCK_OPTIONS = ('fused', 'cuda_graph')
+
+
 def stock_components(cfg: Any) -> Any:
     """A copy of a config dict with our fast mm variants replaced by the stock components they derive from,
-    and no ``fused`` optimizer flag."""
-    from ..mm.fast_heads import STOCK_TYPES
+    and none of :data:`NON_STOCK_OPTIONS` (AdamW's ``fused``, the segmentor's ``cuda_graph``)."""
     if isinstance(cfg, dict):
-        out = type(cfg)({k: stock_components(v) for k, v in cfg.items() if k != 'fused'})
+        out = type(cfg)({k: stock_components(v) for k, v in cfg.items() if k not in NON_STOCK_OPTIONS})
         if out.get('type') in STOCK_TYPES:
             out['type'] = STOCK_TYPES[out['type']]
         return out
@@ -128,6 +134,8 @@ def _build(row: Row, cfg: Any, registry: Any, device: torch.device) -> tuple[nn.
         model_cfg.backbone.compile = row.impl == 'ours-compile'
         if row.impl in ('ours-plain', 'stock'):
             model_cfg.backbone.fused_block = False
+        if row.impl == 'ours-eager' and 'cuda_graph' in model_cfg:
+            model_cfg.cuda_graph = False
     if row.impl == 'stock':
         model_cfg, optim_cfg = stock_components(model_cfg), stock_components(optim_cfg)
     if row.impl == 'hf':

@@ -20,7 +20,7 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 
 def _register(registry_module: ModuleType) -> None:
     """Put the backbone, the layer-decay constructor and our hooks into one mm package's registries (and, in
-    mmseg's, the decode heads of :mod:`.fast_heads`).
+    mmseg's, the decode heads of :mod:`.fast_heads` and the segmentor of :mod:`.graphed_segmentor`).
 
     Registration adds names only: checkpoint reading is not changed here (see ``checkpoint_safety``).
     """
@@ -38,6 +38,9 @@ def _register(registry_module: ModuleType) -> None:
         from .fast_heads import build_fcn_head_fast, build_uper_head_fast
         registry_module.MODELS.register_module('UPerHeadFast', module=build_uper_head_fast, force=True)
         registry_module.MODELS.register_module('FCNHeadFast', module=build_fcn_head_fast, force=True)
+        from .graphed_segmentor import build_graphed_encoder_decoder
+        registry_module.MODELS.register_module('GraphedEncoderDecoder', module=build_graphed_encoder_decoder,
+                                               force=True)
     for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):
         registry_module.HOOKS.register_module(hook.__name__, module=hook, force=True)
     register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)

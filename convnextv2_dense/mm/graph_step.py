@@ -1,0 +1,215 @@
+"""A training step that replays one CUDA graph of forward, loss and backward: the host cost of a step's
+thousands of kernel launches (autograd, the mm modules' Python) is paid once, at capture.
+
+mmengine's ``BaseModel.train_step`` is preprocess, forward in the optimizer wrapper's AMP context,
+``parse_losses``, then ``optim_wrapper.update_params`` (backward, step, zero_grad). :class:`GraphedTrainStep`
+runs the same steps, except that once a batch signature (the shapes and dtypes of every input and label
+tensor) has been trained eagerly ``warmup_iters`` times, forward + loss + backward of that signature are
+captured in a CUDA graph and replayed for every later batch of it:
+
+- the preprocessed batch is copied into the graph's static input tensors (labels too), then replayed;
+- the gradients land in static tensors, which are handed back to the parameters before the optimizer
+  wrapper's own ``step()`` and ``zero_grad()`` run eagerly (loss scaling, clipping, fused AdamW and lr
+  schedules work as before: the optimizer is not in the graph);
+- the logged values are copies of the graph's outputs, as ``train_step`` returns them.
+
+Same arithmetic, same random streams (dropout and drop path draw new values at every replay). It serves
+single-process CUDA training with fixed-shape batches (segmentation crops) and ``accumulative_counts=1``;
+anything else (CPU, gradient accumulation, a batch of another shape while the first is still warming up)
+runs the eager step, and a capture that fails (a host synchronisation inside the model) turns the graph
+off for the run with a warning naming the error. Under DistributedDataParallel, mmengine's wrapper calls
+its own train step, so this one never runs there.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+__all__ = ['GraphedTrainStep', 'batch_signature', 'eager_train_step']
+
+
+def eager_train_step(model: Any, data: dict, optim_wrapper: Any) -> dict:
+    """mmengine's ``BaseModel.train_step`` after preprocessing: forward, parse_losses, update_params."""
+    with optim_wrapper.optim_context(model):
+        losses = model._run_forward(data, mode='loss')
+    parsed, log_vars = model.parse_losses(losses)
+    optim_wrapper.update_params(parsed)
+    return log_vars
+
+
+def _sample_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in the data fields of a data sample (or a list of them), depth first, in field order."""
+    from mmengine.structures import BaseDataElement
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, BaseDataElement):
+        for _, field in value.items():
+            yield from _sample_tensors(field)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _sample_tensors(item)
+
+
+def batch_signature(data: dict) -> tuple:
+    """What a captured graph is specific to: shape, dtype and device of the inputs and of each label tensor."""
+    def sig(t: torch.Tensor) -> tuple:
+        return tuple(t.shape), t.dtype, t.device
+    inputs = data['inputs']
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f'a graphed train step needs the preprocessed inputs as one tensor, got {type(inputs)}')
+    samples = data.get('data_samples') or []
+    return sig(inputs), len(samples), tuple(sig(t) for t in _sample_tensors(samples))
+
+
+class CudaGraph:
+    """The two operations :class:`GraphedTrainStep` needs of a graph: record a function, replay it."""
+
+    def __init__(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+
+    def capture(self, body: Callable[[], Any]) -> Any:
+        with torch.cuda.graph(self.graph):
+            return body()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+@contextmanager
+def _side_stream(device: torch.device) -> Iterator[None]:
+    """Eager warm-up iterations run on a side stream, as CUDA graph capture requires of what precedes it."""
+    if device.type != 'cuda':
+        yield
+        return
+    side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        yield
+    current.wait_stream(side)
+
+
+class GraphedTrainStep:
+    """``train_step`` with forward + loss + backward replayed from a CUDA graph; see the module docstring.
+
+    Args:
+        warmup_iters (int): Eager iterations of a batch signature before it is captured (cuDNN autotuning,
+            lazy initialisations, ``torch.compile``). Defaults to 3.
+        graph_factory (Callable[[], CudaGraph]): Makes the graph. Defaults to :class:`CudaGraph`.
+        require_cuda (bool): Use the graph only for CUDA inputs. Defaults to True.
+    """
+
+    def __init__(self, warmup_iters: int = 3, graph_factory: Callable[[], Any] = CudaGraph,
+                 require_cuda: bool = True) -> None:
+        if warmup_iters < 1:
+            raise ValueError(f'warmup_iters must be at least 1 (capture needs a warmed-up step), got {warmup_iters}')
+        self.warmup_iters = warmup_iters
+        self.graph_factory = graph_factory
+        self.require_cuda = require_cuda
+        self.disabled: str | None = None  # why the graph was turned off for the run
+        self._warned: set[str] = set()
+        self._reset(None)
+
+    def __deepcopy__(self, memo: dict) -> GraphedTrainStep:
+        # a copy of the model (EMA, say) gets its own step with nothing captured: a graph cannot be copied
+        return GraphedTrainStep(self.warmup_iters, self.graph_factory, self.require_cuda)
+
+    def _reset(self, signature: tuple | None) -> None:
+        self.signature, self.seen, self.graph = signature, 0, None
+        self._inputs: torch.Tensor | None = None
+        self._samples: list | None = None
+        self._grads: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._log_vars: dict | None = None
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(f'CUDA graph train step: {message}; running the eager step', stacklevel=3)
+
+    def why_not(self, data: dict, optim_wrapper: Any) -> str | None:
+        """Why this batch cannot take the graph (``None`` when it can)."""
+        if self.disabled:
+            return self.disabled
+        if not isinstance(data.get('inputs'), torch.Tensor):
+            return 'the preprocessed inputs are not one batched tensor'
+        if getattr(optim_wrapper, '_accumulative_counts', 1) != 1:
+            return 'gradient accumulation (accumulative_counts > 1)'
+        if not hasattr(optim_wrapper, 'optimizer'):
+            return f'{type(optim_wrapper).__name__} has no single optimizer'
+        return None
+
+    def __call__(self, model: Any, data: dict, optim_wrapper: Any) -> dict:
+        with optim_wrapper.optim_context(model):
+            data = model.data_preprocessor(data, True)
+        inputs = data.get('inputs')
+        if self.require_cuda and isinstance(inputs, torch.Tensor) and not inputs.is_cuda:
+            return eager_train_step(model, data, optim_wrapper)  # the CPU path is the plain one, silently
+        reason = self.why_not(data, optim_wrapper)
+        if reason is not None:
+            self._warn_once(reason)
+            return eager_train_step(model, data, optim_wrapper)
+        signature = batch_signature(data)
+        if signature != self.signature:
+            self._reset(signature)
+        if self.graph is None and self.seen < self.warmup_iters:
+            self.seen += 1
+            with _side_stream(data['inputs'].device):
+                return eager_train_step(model, data, optim_wrapper)
+        if self.graph is None:
+            try:
+                self._capture(model, data, optim_wrapper)
+            except Exception as err:  # e.g. a host synchronisation inside the model: never fatal
+                self.disabled = f'capture failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})'
+                self._reset(None)
+                optim_wrapper.zero_grad()
+                self._warn_once(self.disabled)
+                return eager_train_step(model, data, optim_wrapper)
+        self._load(data)
+        self.graph.replay()
+        return self._step(optim_wrapper)
+
+    def _capture(self, model: Any, data: dict, optim_wrapper: Any) -> None:
+        """Record forward + loss + backward on static copies of this batch (the replay computes them)."""
+        self._inputs = data['inputs'].clone()
+        self._samples = copy.deepcopy(data.get('data_samples'))
+        static = dict(data, inputs=self._inputs, data_samples=self._samples)
+        scaler = getattr(optim_wrapper, 'loss_scaler', None)
+        amp = getattr(optim_wrapper, 'cast_dtype', None) if scaler is not None else None
+        device_type = self._inputs.device.type
+
+        def body() -> dict:
+            # autocast's weight cache must stay off inside a graph (its casts are recorded, not kept)
+            with torch.autocast(device_type, dtype=amp or torch.float16, enabled=scaler is not None,
+                                cache_enabled=False):
+                losses = model._run_forward(static, mode='loss')
+            parsed, log_vars = model.parse_losses(losses)
+            (scaler.scale(parsed) if scaler is not None else parsed).backward()
+            return log_vars
+
+        optim_wrapper.zero_grad()  # grads None: the graph allocates its own, overwritten at every replay
+        graph = self.graph_factory()
+        self._log_vars = graph.capture(body)
+        self._grads = [(p, p.grad) for group in optim_wrapper.param_groups for p in group['params']
+                       if p.grad is not None]
+        self.graph = graph
+
+    def _load(self, data: dict) -> None:
+        """Copy this batch into the graph's static tensors."""
+        self._inputs.copy_(data['inputs'], non_blocking=True)
+        # the batch signature matched: same number of label tensors, same shapes, same order
+        for static, new in zip(_sample_tensors(self._samples), _sample_tensors(data.get('data_samples'))):
+            static.copy_(new, non_blocking=True)
+
+    def _step(self, optim_wrapper: Any) -> dict:
+        """The optimizer wrapper's step on the replayed gradients, as ``update_params`` would."""
+        for param, grad in self._grads:
+            param.grad = grad
+        optim_wrapper._inner_count += 1  # what its backward() counts; its should_update() reads it
+        optim_wrapper.step()
+        optim_wrapper.zero_grad()
+        return OrderedDict((name, value.detach().clone()) for name, value in self._log_vars.items())
