@@ -128,7 +128,7 @@ def test_loads_from_an_absolute_path(path):
     assert load(path).model.backbone.type == 'ConvNeXtV2'
 
 
-HEAD_IN_NAME = {'upernet_': 'EncoderDecoder', 'mask-rcnn_': 'MaskRCNN', 'cascade-mask-rcnn_': 'CascadeRCNN'}
+HEAD_IN_NAME = {'upernet_': 'GraphedEncoderDecoder', 'mask-rcnn_': 'MaskRCNN', 'cascade-mask-rcnn_': 'CascadeRCNN'}
 
 
 @pytest.mark.parametrize('path', ALL)
