@@ -6,13 +6,17 @@ was built for this torch (its ops link against the running torch, and have CUDA 
 major version when torch can use a GPU). Each problem comes with its fix. Exit status 1 when something is
 broken; packages that are not installed are reported as such, and are a problem only with ``--require-mm``.
 
-The probing (:func:`collect`) is kept apart from the judging (:func:`diagnose`), which works on plain
-:class:`Facts` and can be fed any.
+mmcv's compiled code runs in child processes (:func:`run_probe`): a broken build can crash the process
+(some source builds of mmcv 2.1.0 die with SIGSEGV in ``get_compiling_cuda_version``) instead of raising,
+and the doctor then reports the crash and goes on. The probing (:func:`collect`) is kept apart from the
+judging (:func:`diagnose`), which works on plain :class:`Facts` and can be fed any.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +44,8 @@ class Facts:
         mmcv_ops_error (str, optional): Why ``mmcv.ops`` failed to import, None if it imported.
         mmcv_cuda (str, optional): CUDA version mmcv's ops were compiled with, ``'not available'`` for a
             CPU-only build, None if unknown.
+        mmcv_cuda_error (str, optional): Why asking mmcv for that version failed (it crashed the process,
+            say), None if it answered.
         roi_align (dict[str, str]): Device -> ``'ok'`` or what went wrong running RoIAlign there.
     """
 
@@ -50,6 +56,7 @@ class Facts:
     gpu: str | None = None
     mmcv_ops_error: str | None = None
     mmcv_cuda: str | None = None
+    mmcv_cuda_error: str | None = None
     roi_align: dict[str, str] = field(default_factory=dict)
 
 
@@ -77,8 +84,50 @@ def run_roi_align(device: str) -> str:
     return 'ok' if abs(value - ROI_EXPECTED) < 1e-4 else f'wrong result {value} (expected {ROI_EXPECTED})'
 
 
-def collect(roi_align: Callable[[str], str] = run_roi_align) -> Facts:
-    """Probe this environment: versions, mmcv's compiled ops, RoIAlign on the CPU and the first GPU."""
+def _cuda_version() -> str:
+    from mmcv.ops import get_compiling_cuda_version
+    return get_compiling_cuda_version()
+
+
+PROBES: dict[str, Callable[[], str]] = {
+    'cuda-version': _cuda_version,
+    'roi-cpu': lambda: run_roi_align('cpu'),
+    'roi-cuda': lambda: run_roi_align('cuda'),
+}
+FAILED = 'failed: '  # how a probe's answer starts when the probe itself did not run to the end
+
+
+def run_probe(name: str, argv: Sequence[str] | None = None, timeout: float = 300) -> str:
+    """Run the probe ``name`` (a key of :data:`PROBES`) in a child process and return its answer.
+
+    An answer that starts with :data:`FAILED` says how the child ended instead: killed by a signal (a
+    segmentation fault in compiled code), a non-zero exit with the last line of its error output, or a
+    timeout. ``argv`` replaces the child's command line (tests).
+    """
+    argv = list(argv or [sys.executable, '-m', 'convnextv2_dense.doctor', '--probe', name])
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f'{FAILED}did not finish in {timeout:.0f} s'
+    if done.returncode < 0:
+        try:
+            why = signal.Signals(-done.returncode).name
+        except ValueError:
+            why = f'signal {-done.returncode}'
+        return f'{FAILED}the process was killed by {why} (a crash in compiled code)'
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ['no error output'])[-1]
+        return f'{FAILED}exit status {done.returncode}: {last}'
+    return (done.stdout.strip().splitlines() or [''])[-1]
+
+
+def collect(probe: Callable[[str], str] = run_probe) -> Facts:
+    """Probe this environment: versions, mmcv's compiled ops, RoIAlign on the CPU and the first GPU.
+
+    Args:
+        probe (Callable[[str], str]): Runs one of :data:`PROBES` by name (each in a child process by
+            default, so that a crash in compiled code is an answer).
+    """
     from importlib import import_module, metadata
     facts = Facts(python=platform.python_version())
     for name in ('torch', *MM_PACKAGES):
@@ -109,14 +158,19 @@ def collect(roi_align: Callable[[str], str] = run_roi_align) -> Facts:
             facts.import_errors.setdefault('torch', f'torch sees a GPU but cannot use it: {err}')
     if facts.versions.get('mmcv') and 'mmcv' not in facts.import_errors and 'torch' in sys.modules:
         try:
-            from mmcv.ops import get_compiling_cuda_version
-            facts.mmcv_cuda = get_compiling_cuda_version()
+            import mmcv.ops  # noqa: F401 - does it load at all (in this process: errors, not crashes)
         except Exception as err:  # noqa: BLE001 - ImportError, or OSError from the linker
             facts.mmcv_ops_error = f'{type(err).__name__}: {err}'
         if facts.mmcv_ops_error is None:
-            facts.roi_align['cpu'] = roi_align('cpu')
-            if facts.gpu is not None and facts.mmcv_cuda not in (None, 'not available'):
-                facts.roi_align['cuda'] = roi_align('cuda')
+            answer = probe('cuda-version')
+            if answer.startswith(FAILED):
+                facts.mmcv_cuda_error = answer[len(FAILED):]
+            else:
+                facts.mmcv_cuda = answer
+            facts.roi_align['cpu'] = probe('roi-cpu')
+            # with the build's CUDA version unknown, a RoIAlign on the GPU is what tells
+            if facts.gpu is not None and facts.mmcv_cuda != 'not available':
+                facts.roi_align['cuda'] = probe('roi-cuda')
     return facts
 
 
@@ -177,7 +231,13 @@ def _mmcv_build_findings(facts: Facts) -> list[Finding]:
         return [Finding('mmcv ops', PROBLEM, f'mmcv is {why}: {error}',
                         f'rebuild mmcv for torch {facts.versions["torch"]}: {rebuild}')]
     found = []
-    if facts.gpu and facts.mmcv_cuda in (None, 'not available'):
+    if facts.mmcv_cuda_error is not None:
+        # mmcv's own collect_env asks the same question and will fail the same way; training does not ask
+        found.append(Finding('mmcv build', NOTE, f'ops load with torch {facts.versions["torch"]}; asking them for '
+                             f'their CUDA version failed ({facts.mmcv_cuda_error}), so the RoIAlign runs below '
+                             'say whether the kernels work. mmcv\'s collect_env fails the same way',
+                             f'if a RoIAlign below fails too, rebuild mmcv: {rebuild}'))
+    elif facts.gpu and facts.mmcv_cuda in (None, 'not available'):
         found.append(Finding('mmcv build', PROBLEM, f'a GPU is visible ({facts.gpu}) but mmcv\'s ops were built '
                              'without CUDA (a CPU-only wheel, often one reused from pip\'s cache): RoIAlign on '
                              'the GPU would fail', f'rebuild mmcv with CUDA ops: {rebuild}'))
@@ -189,6 +249,7 @@ def _mmcv_build_findings(facts: Facts) -> list[Finding]:
         kind = 'CPU only' if facts.mmcv_cuda in (None, 'not available') else f'CUDA {facts.mmcv_cuda}'
         found.append(Finding('mmcv build', OK, f'ops load with torch {facts.versions["torch"]} ({kind})'))
     for device, result in facts.roi_align.items():
+        result = f'the check {result}' if result.startswith(FAILED) else result
         if result == 'ok':
             found.append(Finding(f'RoIAlign on {device}', OK, 'runs and gives the right value'))
         else:
@@ -215,7 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m convnextv2_dense.doctor', description=__doc__.splitlines()[0])
     parser.add_argument('--require-mm', action='store_true',
                         help='an mm package that is not installed is a problem (exit 1), as for `make env`')
+    parser.add_argument('--probe', choices=sorted(PROBES), help=argparse.SUPPRESS)  # run_probe's child
     args = parser.parse_args(argv)
+    if args.probe:
+        print(PROBES[args.probe]())
+        return 0
     findings = diagnose(collect(), require_mm=args.require_mm)
     print(report(findings))
     return 1 if any(f.state == PROBLEM for f in findings) else 0

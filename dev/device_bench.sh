@@ -8,7 +8,7 @@
 #   dev/device_bench.sh                     # every step
 #   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
+# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
 # full-seg-tiny full-det-base full-det-tiny full-cascade
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
 # shared/wheels; an mmcv-*.tar.gz sdist there is compiled with CUDA ops by the mmcv step), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
@@ -29,7 +29,7 @@ BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
 FULL_IMPLS=${FULL_IMPLS:-"stock ours ours-eager ours-compile hf"}
 BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile hf"}
-ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade"
+ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -210,6 +210,8 @@ for step in $STEPS; do
         gpu-tests) step_gpu_tests ;;
         export-fp16) step_export_fp16 ;;
         check-fused) step_check_fused ;;
+        graph-memory) "$PYTHON" dev/graph_memory.py configs/upernet_convnextv2_base_ade20k.py 2>&1 | tee -a "$OUT/summary.md"
+                      [ "${PIPESTATUS[0]}" = 0 ] ;;
         dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;
         bb-base-512) bb "$step" base 512 16 ;;

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,45 @@ def test_roi_align_runs_right_on_this_cpu():
     pytest.importorskip('mmcv.ops')
     from convnextv2_dense.doctor import run_roi_align
     assert run_roi_align('cpu') == 'ok'
+
+
+def test_a_crash_in_a_probe_is_an_answer_not_the_doctors_death():
+    from convnextv2_dense.doctor import FAILED, run_probe
+    crash = [sys.executable, '-c', 'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)']
+    answer = run_probe('cuda-version', argv=crash)
+    assert answer.startswith(FAILED) and 'SIGSEGV' in answer
+    error = run_probe('cuda-version', argv=[sys.executable, '-c', 'raise SystemExit("no such op")'])
+    assert error == f'{FAILED}exit status 1: no such op'
+
+
+def test_mmcv_that_crashes_on_its_cuda_version_is_judged_by_its_roi_align_runs():
+    crashed = 'the process was killed by SIGSEGV (a crash in compiled code)'
+    healthy = by_name(diagnose(facts(torch_cuda='13.0', gpu='NVIDIA H200', mmcv_cuda=None, mmcv_cuda_error=crashed,
+                                     roi_align={'cpu': 'ok', 'cuda': 'ok'})))
+    assert healthy['mmcv build'].state == 'note' and 'SIGSEGV' in healthy['mmcv build'].detail
+    assert not problems(list(healthy.values()))
+    broken = diagnose(facts(torch_cuda='13.0', gpu='NVIDIA H200', mmcv_cuda=None, mmcv_cuda_error=crashed,
+                            roi_align={'cpu': 'ok', 'cuda': 'failed: the process was killed by SIGSEGV'}))
+    assert problems(broken) == ['RoIAlign on cuda']
+    assert 'the check failed: the process was killed' in by_name(broken)['RoIAlign on cuda'].detail
+
+
+def test_collect_asks_each_probe_and_keeps_going_after_a_crash():
+    pytest.importorskip('mmcv.ops')
+    from convnextv2_dense.doctor import FAILED, collect
+    asked = []
+
+    def probe(name: str) -> str:
+        asked.append(name)
+        return f'{FAILED}the process was killed by SIGSEGV' if name == 'cuda-version' else 'ok'
+    found = collect(probe=probe)
+    assert found.mmcv_cuda is None and 'SIGSEGV' in found.mmcv_cuda_error
+    assert found.roi_align['cpu'] == 'ok'
+    assert asked[:2] == ['cuda-version', 'roi-cpu']
+
+
+def test_each_probe_runs_as_a_child_process_here():
+    pytest.importorskip('mmcv.ops')
+    from convnextv2_dense.doctor import run_probe
+    assert run_probe('roi-cpu') == 'ok'
+    assert re.fullmatch(r'not available|\d+\.\d+(\.\d+)?', run_probe('cuda-version'))

@@ -236,14 +236,15 @@ def format_full_report(report: dict[str, Any]) -> str:
         f'model.train_step, cudnn.benchmark {s["cudnn_benchmark"]}, config AMP {s["config_amp"]}'
         + (' (off on CPU)' if report['env']['device_type'] == 'cpu' and s['config_amp'] != 'fp32' else ''),
         '',
-        '| backbone | arch | AMP | ms/iter | img/s | peak mem (GiB) | params (M) | param groups '
-        '| backbone fwd+bwd (ms) | status |',
-        '|---|---|---|---|---|---|---|---|---|---|']
+        '| backbone | arch | AMP | ms/iter | img/s | peak mem (GiB) | peak reserved (GiB) | params (M) '
+        '| param groups | backbone fwd+bwd (ms) | status |',
+        '|---|---|---|---|---|---|---|---|---|---|---|']
     for r in report['rows']:
         x = r['extra']
         lines.append(f'| {r["impl"]} | {r["arch"]} | {x.get("amp", "-")} | {fmt_num(r["ms_per_iter"], ".1f")} | '
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_gib(r["peak_mem_bytes"])} | '
-                     f'{fmt_num(x.get("params_m"), ".1f")} | {x.get("param_groups", "-")} | '
+                     f'{fmt_gib(r.get("peak_reserved_bytes"))} | {fmt_num(x.get("params_m"), ".1f")} | '
+                     f'{x.get("param_groups", "-")} | '
                      f'{fmt_num(x.get("backbone_ms"), ".1f")} | {r["status"]} |')
     for r in report['rows']:
         if 'profile' in r['extra']:

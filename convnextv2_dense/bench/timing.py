@@ -31,6 +31,7 @@ class Row:
     ms_per_iter: float | None = None
     ms_median: float | None = None
     peak_mem_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
     first_iter_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,7 +56,9 @@ def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.d
     """Run ``step`` ``warmup`` times (the first one timed alone), then ``iters`` timed times.
 
     On CUDA the timed loop is bracketed by CUDA events and the peak memory is
-    ``max_memory_allocated`` since the start; on CPU the clock is the wall clock and there is no peak.
+    ``max_memory_allocated`` since the start (``max_memory_reserved`` too: what the caching allocator and any
+    CUDA graph's private pool hold, what an out-of-memory error is about); on CPU the clock is the wall clock
+    and there is no peak.
     """
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
@@ -80,9 +83,10 @@ def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.d
             start = time.perf_counter()
             step()
             times.append((time.perf_counter() - start) * 1e3)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == 'cuda' else None
+    cuda = device.type == 'cuda'
     return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
-                peak_mem_bytes=peak, first_iter_s=first)
+                peak_mem_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None, first_iter_s=first)
 
 
 def record(row: Row, result: dict[str, Any]) -> None:

@@ -73,21 +73,26 @@ class CudaGraph:
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
 
-    def capture(self, body: Callable[[], Any]) -> Any:
-        with torch.cuda.graph(self.graph):
-            return body()
+    def capture(self, body: Callable[[], Any], stream: torch.cuda.Stream | None = None) -> Any:
+        # The blocks the eager warm-up left cached are never used by the graph (it allocates from a pool of
+        # its own): give them back before and after, or the step would hold two iterations' worth of memory.
+        torch.cuda.empty_cache()
+        with torch.cuda.graph(self.graph, stream=stream):
+            out = body()
+        torch.cuda.empty_cache()
+        return out
 
     def replay(self) -> None:
         self.graph.replay()
 
 
 @contextmanager
-def _side_stream(device: torch.device) -> Iterator[None]:
-    """Eager warm-up iterations run on a side stream, as CUDA graph capture requires of what precedes it."""
-    if device.type != 'cuda':
+def _on_stream(side: torch.cuda.Stream | None) -> Iterator[None]:
+    """Run the body on ``side`` (ordered after the current stream's work, and it after the body's)."""
+    if side is None:
         yield
         return
-    side, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    current = torch.cuda.current_stream(side.device)
     side.wait_stream(current)
     with torch.cuda.stream(side):
         yield
@@ -113,6 +118,9 @@ class GraphedTrainStep:
         self.require_cuda = require_cuda
         self.disabled: str | None = None  # why the graph was turned off for the run
         self._warned: set[str] = set()
+        # Warm-up and capture share one side stream: the caching allocator keeps blocks per stream, and
+        # autograd wants a parameter's gradient accumulated on the stream that first accumulated it.
+        self._stream: torch.cuda.Stream | None = None
         self._reset(None)
 
     def __deepcopy__(self, memo: dict) -> GraphedTrainStep:
@@ -158,7 +166,7 @@ class GraphedTrainStep:
             self._reset(signature)
         if self.graph is None and self.seen < self.warmup_iters:
             self.seen += 1
-            with _side_stream(data['inputs'].device):
+            with _on_stream(self._side_stream(data['inputs'].device)):
                 return eager_train_step(model, data, optim_wrapper)
         if self.graph is None:
             try:
@@ -172,6 +180,13 @@ class GraphedTrainStep:
         self._load(data)
         self.graph.replay()
         return self._step(optim_wrapper)
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
+        if device.type != 'cuda':
+            return None
+        if self._stream is None or self._stream.device != device:
+            self._stream = torch.cuda.Stream(device)
+        return self._stream
 
     def _capture(self, model: Any, data: dict, optim_wrapper: Any) -> None:
         """Record forward + loss + backward on static copies of this batch (the replay computes them)."""
@@ -193,7 +208,7 @@ class GraphedTrainStep:
 
         optim_wrapper.zero_grad()  # grads None: the graph allocates its own, overwritten at every replay
         graph = self.graph_factory()
-        self._log_vars = graph.capture(body)
+        self._log_vars = graph.capture(body, stream=self._side_stream(self._inputs.device))
         self._grads = [(p, p.grad) for group in optim_wrapper.param_groups for p in group['params']
                        if p.grad is not None]
         self.graph = graph

@@ -1,9 +1,9 @@
-"""The shipped configs, built as they are (the UperNet ones with ``compile=True``), work with the tools that
-never train: mmengine's FLOPs counter as mmseg's / mmdet's ``get_flops.py`` drive it, ``torch.jit.trace`` of
+"""The shipped configs, built as they are and with ``compile=True`` (a user's switch for training), work
+with the tools that never train: mmengine's FLOPs counter as mmseg's / mmdet's ``get_flops.py`` drive it, ``torch.jit.trace`` of
 the backbone, and mmseg's / mmdet's inference APIs, none of which compiles anything.
 
 What a test changes is named where it does it: only the test images' resize (64x64 instead of 512 / 800,
-for CPU time) and, for the detector, ``compile=True`` to show the rule holds when a user turns it on. No
+for CPU time) and ``compile=True`` (COMPILE_ON) to show the rule holds when a user turns it on. No
 pretrained download happens: building a model does not load ``init_cfg``, and the inference APIs clear it.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
 UPERNET = CONFIGS / 'upernet_convnextv2_atto_ade20k.py'
 MASK_RCNN = CONFIGS / 'mask-rcnn_convnextv2_atto_fpn_1x_coco.py'
 SIZE = 64
+COMPILE_ON = {'model.backbone.compile': True}
 
 
 @pytest.fixture
@@ -50,14 +51,10 @@ def load(path: Path, **options) -> Config:
     return cfg
 
 
-def test_the_shipped_upernet_config_compiles_and_the_mask_rcnn_one_does_not():
-    assert load(UPERNET).model.backbone.compile is True
-    assert load(MASK_RCNN).model.backbone.compile is False
-
-
-def test_get_flops_of_the_shipped_upernet_config(no_compile):
+@pytest.mark.parametrize('options', [{}, COMPILE_ON], ids=['as shipped', 'compile=True'])
+def test_get_flops_of_an_upernet_config(options, no_compile):
     from mmseg.structures import SegDataSample
-    model = revert_sync_batchnorm(MODELS.build(load(UPERNET).model))  # as mmseg's get_flops.py does
+    model = revert_sync_batchnorm(MODELS.build(load(UPERNET, **options).model))  # as mmseg's get_flops.py does
     model.auxiliary_head = None
     shape = dict(ori_shape=(SIZE, SIZE), pad_shape=(SIZE, SIZE))
     data = model.data_preprocessor({'inputs': [torch.rand(3, SIZE, SIZE)],
@@ -68,7 +65,7 @@ def test_get_flops_of_the_shipped_upernet_config(no_compile):
     assert '_compiled' not in model.backbone.__dict__
 
 
-@pytest.mark.parametrize('options', [{}, {'model.backbone.compile': True}], ids=['as shipped', 'compile=True'])
+@pytest.mark.parametrize('options', [{}, COMPILE_ON], ids=['as shipped', 'compile=True'])
 def test_get_flops_of_a_mask_rcnn_config(options, no_compile):
     from mmdet.structures import DetDataSample
     model = revert_sync_batchnorm(MODELS.build(load(MASK_RCNN, **options).model))  # as mmdet's get_flops.py
@@ -82,9 +79,9 @@ def test_get_flops_of_a_mask_rcnn_config(options, no_compile):
     assert '_compiled' not in model.backbone.__dict__
 
 
-def test_jit_trace_of_the_backbone_of_the_shipped_upernet_config(no_compile):
-    backbone = MODELS.build(load(UPERNET).model.backbone)
-    assert backbone.training and backbone.compile_cfg is not None  # built as shipped: training mode, compile on
+def test_jit_trace_of_the_backbone_of_an_upernet_config_with_compile_on(no_compile):
+    backbone = MODELS.build(load(UPERNET, **COMPILE_ON).model.backbone)
+    assert backbone.training and backbone.compile_cfg is not None  # as built for training, compile on
     x = torch.randn(1, 3, SIZE, SIZE)
     in_training = torch.jit.trace(backbone, x, check_trace=False)  # drop path is on: outputs are random
     assert [o.shape for o in in_training(x)] == [(1, c, SIZE // s, SIZE // s)
@@ -105,13 +102,14 @@ def image() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
 
 
-def test_mmseg_inference_api_with_the_shipped_upernet_config_runs_eager(tmp_path, no_compile):
+def test_mmseg_inference_api_with_compile_on_runs_eager(tmp_path, no_compile):
     from mmseg.apis import inference_model, init_model
     checkpoint = tmp_path / 'upernet.pth'
     model = MODELS.build(load(UPERNET).model)
     torch.save({'state_dict': model.state_dict(), 'meta': {}}, checkpoint)
-    model = init_model(str(UPERNET), str(checkpoint), device='cpu', cfg_options=small_test_images(UPERNET))
-    assert model.backbone.compile_cfg is not None  # compile=True from the config, unused here
+    model = init_model(str(UPERNET), str(checkpoint), device='cpu',
+                       cfg_options={**COMPILE_ON, **small_test_images(UPERNET)})
+    assert model.backbone.compile_cfg is not None  # compile=True from the options, unused here
     result = inference_model(model, image())
     assert result.pred_sem_seg.data.shape == (1, 48, 80)
     assert '_compiled' not in model.backbone.__dict__
@@ -119,7 +117,7 @@ def test_mmseg_inference_api_with_the_shipped_upernet_config_runs_eager(tmp_path
 
 def test_mmdet_inference_api_with_compile_on_runs_eager(tmp_path, no_compile):
     from mmdet.apis import inference_detector, init_detector
-    options = {'model.backbone.compile': True, **small_test_images(MASK_RCNN)}
+    options = {**COMPILE_ON, **small_test_images(MASK_RCNN)}
     checkpoint = tmp_path / 'mask-rcnn.pth'
     torch.save({'state_dict': MODELS.build(load(MASK_RCNN, **options).model).state_dict(), 'meta': {}}, checkpoint)
     model = init_detector(str(MASK_RCNN), str(checkpoint), device='cpu', cfg_options=options)

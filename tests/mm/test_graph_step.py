@@ -28,7 +28,7 @@ class ReplayGraph:
     def __init__(self, model) -> None:
         self.model, self.params = model, list(model.parameters())
 
-    def capture(self, body):
+    def capture(self, body, stream=None):
         buffers = [(b, b.clone()) for b in self.model.buffers()]
         self.body = body
         self.outputs = body()
@@ -175,7 +175,7 @@ def test_new_batch_shape_warms_up_and_captures_again():
 
 def test_failed_capture_turns_the_graph_off_with_a_warning():
     class Broken:
-        def capture(self, body):
+        def capture(self, body, stream=None):
             raise RuntimeError('operation not permitted when stream is capturing')
 
     graphed = build(dict(warmup_iters=1, require_cuda=False, graph_factory=Broken))
