@@ -11,7 +11,7 @@ Usage::
     # one full training iteration of an mm config, our backbone and HF's in the same process; --profile N
     # adds where N steps spend their time (GPU busy vs wall, launches, top kernels, top host ops)
     python tools/benchmark.py full --config configs/upernet_convnextv2_base_ade20k.py
-        --backbone-impl stock ours ours-eager ours-plain ours-compile hf [--profile 3]
+        --backbone-impl stock ours ours-eager ours-plain ours-fused ours-compile hf [--profile 3]
         [--img-per-gpu 2] [--img-size 512] [--boxes 20] [--warmup 5] [--iters 20] [--json-out FILE]
 
 Default batches are the measured baselines' (tiny@512: 32, base@512: 16, base@224: 128). On CPU the
@@ -56,8 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     full.add_argument('--config', required=True, help='mmseg or mmdet config file')
     full.add_argument('--backbone-impl', nargs='+', choices=FULL_IMPLS, default=['ours'],
                       help="'ours' no compile (the config's fused_block and cuda_graph), 'ours-eager' without the "
-                           "CUDA graph step, 'ours-plain' the plain block, 'ours-compile' compile=True, 'stock' the plain block with the stock mm components instead of our fast "
-                           "variants, 'hf' HF's ConvNextV2Backbone (same heads, same param groups)")
+                           "CUDA graph step, 'ours-plain' the plain block, 'ours-fused' the fused block in every "
+                           "block, 'ours-compile' compile=True, 'stock' the plain block with the stock mm "
+                           "components instead of our fast variants, 'hf' HF's ConvNextV2Backbone (same heads, "
+                           "same param groups)")
     full.add_argument('--img-per-gpu', type=int, help='images per step (default: 2 seg, 4 det)')
     full.add_argument('--img-size', type=int, help="square image size (default: the seg crop, 1024 det)")
     full.add_argument('--boxes', type=int, default=20, help='random boxes and masks per detection image')

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..mm.fast_det import STOCK_TYPES as FAST_DET_STOCK_TYPES
 from ..mm.fast_heads import STOCK_TYPES as FAST_HEAD_STOCK_TYPES
 from .impls import FULL_IMPLS, HFBackbone, installed
 from .profiling import format_profile, profile_step
@@ -36,8 +37,9 @@ class FullSettings:
         backbone_impls (tuple[str, ...]): Among :data:`~.impls.FULL_IMPLS`: 'stock' (eager, the plain
             block, the stock mm components instead of our fast variants and no CUDA graph), 'ours' (no
             ``torch.compile``, the config's ``fused_block`` and ``cuda_graph``), 'ours-eager' ('ours' without
-            the CUDA graph step), 'ours-plain' ('ours' with the plain PyTorch block), 'ours-compile'
-            ('ours' with ``compile=True``), 'hf' (HF's backbone in the same heads). Defaults to ('ours',).
+            the CUDA graph step), 'ours-plain' ('ours' with the plain PyTorch block), 'ours-fused' ('ours'
+            with the fused block in every block), 'ours-compile' ('ours' with ``compile=True``), 'hf' (HF's
+            backbone in the same heads). Defaults to ('ours',).
         img_per_gpu (int, optional): Images per step. Defaults to None: 2 (seg) or 4 (det).
         img_size (int, optional): Square image size. Defaults to None: the seg config's crop or 1024.
         boxes (int): Random boxes and masks per detection image. Defaults to 20.
@@ -66,7 +68,8 @@ class FullSettings:
 
 
 # our mm variants -> the stock types they derive from; and the options the stock types do not have
-STOCK_TYPES: dict[str, str] = {'GraphedEncoderDecoder': 'EncoderDecoder', **FAST_HEAD_STOCK_TYPES}
+STOCK_TYPES: dict[str, str] = {'GraphedEncoderDecoder': 'EncoderDecoder', **FAST_HEAD_STOCK_TYPES,
+                               **FAST_DET_STOCK_TYPES}
 NON_STOCK_OPTIONS = ('fused', 'cuda_graph')
 
 
@@ -134,6 +137,8 @@ def _build(row: Row, cfg: Any, registry: Any, device: torch.device) -> tuple[nn.
         model_cfg.backbone.compile = row.impl == 'ours-compile'
         if row.impl in ('ours-plain', 'stock'):
             model_cfg.backbone.fused_block = False
+        if row.impl == 'ours-fused':
+            model_cfg.backbone.fused_block = True
         if row.impl == 'ours-eager' and 'cuda_graph' in model_cfg:
             model_cfg.cuda_graph = False
     if row.impl == 'stock':

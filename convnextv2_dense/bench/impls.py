@@ -21,7 +21,7 @@ from ..models.stage_selection import INDEXED_STAGES
 IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-compile', 'hf', 'timm', 'timm-compile')
 # Rows of the full-iteration benchmark (.full): as above, plus 'stock': the plain block with the stock mm
 # components (heads, optimizer flags) in place of the fast variants our configs use: the "before" row.
-FULL_IMPLS: tuple[str, ...] = ('stock', 'ours', 'ours-eager', 'ours-plain', 'ours-compile', 'hf')
+FULL_IMPLS: tuple[str, ...] = ('stock', 'ours', 'ours-eager', 'ours-plain', 'ours-fused', 'ours-compile', 'hf')
 NEEDS = {'hf': 'transformers', 'timm': 'timm'}  # impl -> package it needs
 
 

@@ -20,7 +20,8 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 
 def _register(registry_module: ModuleType) -> None:
     """Put the backbone, the layer-decay constructor and our hooks into one mm package's registries (and, in
-    mmseg's, the decode heads of :mod:`.fast_heads` and the segmentor of :mod:`.graphed_segmentor`).
+    mmseg's, the decode heads of :mod:`.fast_heads` and the segmentor of :mod:`.graphed_segmentor`; in
+    mmdet's, the sampler and mask head of :mod:`.fast_det`).
 
     Registration adds names only: checkpoint reading is not changed here (see ``checkpoint_safety``).
     """
@@ -41,6 +42,11 @@ def _register(registry_module: ModuleType) -> None:
         from .graphed_segmentor import build_graphed_encoder_decoder
         registry_module.MODELS.register_module('GraphedEncoderDecoder', module=build_graphed_encoder_decoder,
                                                force=True)
+    if registry_module.__name__ == 'mmdet.registry':  # builders: mmdet's classes are imported on first build
+        from .fast_det import build_fcn_mask_head_fast, build_random_sampler_fast
+        registry_module.MODELS.register_module('FCNMaskHeadFast', module=build_fcn_mask_head_fast, force=True)
+        registry_module.TASK_UTILS.register_module('RandomSamplerFast', module=build_random_sampler_fast,
+                                                   force=True)
     for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):
         registry_module.HOOKS.register_module(hook.__name__, module=hook, force=True)
     register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)

@@ -84,6 +84,20 @@ def test_stock_components_undo_our_variants():
     model, optim = stock_components(cfg.model), stock_components(cfg.optim_wrapper)
     assert (model.decode_head.type, model.auxiliary_head.type) == ('UPerHead', 'FCNHead')
     assert 'fused' not in optim.optimizer and optim.optimizer.lr == cfg.optim_wrapper.optimizer.lr
+    assert (model.type, 'cuda_graph' in model) == ('EncoderDecoder', False)
+
+
+def test_stock_components_undo_our_detection_variants():
+    pytest.importorskip('mmdet')
+    from mmengine.config import Config
+
+    from convnextv2_dense.bench.full import stock_components
+    model = Config.fromfile('configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py').model
+    samplers = lambda m: (m.train_cfg.rpn.sampler.type, m.train_cfg.rcnn.sampler.type)  # noqa: E731
+    assert (model.roi_head.mask_head.type, samplers(model)) == ('FCNMaskHeadFast', ('RandomSamplerFast',) * 2)
+    stock = stock_components(model)
+    assert (stock.roi_head.mask_head.type, samplers(stock)) == ('FCNMaskHead', ('RandomSampler',) * 2)
+    assert stock.train_cfg.rcnn.sampler.num == model.train_cfg.rcnn.sampler.num == 512
 
 
 def test_full_iteration_handles_cascades_list_of_bbox_heads(tmp_path):
