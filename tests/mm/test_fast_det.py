@@ -115,3 +115,14 @@ def test_the_fast_sampler_draws_what_mmdets_draws_on_the_cpu():
     assert torch.equal(ours, stock.random_choice(gallery, 8))
     listed = fast.random_choice(list(range(20)), 5)  # not a tensor: mmdet's path, an array back
     assert isinstance(listed, np.ndarray) and len(set(listed.tolist())) == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_on_the_gpu_the_targets_still_equal_mmdets_and_the_draws_stay_there():
+    cases = [tuple(t.cuda() if isinstance(t, torch.Tensor) else t for t in random_case(seed)) for seed in range(3)]
+    cfg = ConfigDict(mask_size=28)
+    got = torch.cat([mask_targets_single(*c, 28) for c in cases])  # masks over from pinned memory
+    expected = mask_target([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases], cfg)
+    assert got.is_cuda and torch.equal(got, expected)
+    chosen = device_random_choice(torch.arange(250_000, device='cuda'), 256)
+    assert chosen.is_cuda and chosen.unique().numel() == 256

@@ -247,3 +247,27 @@ def test_cuda_graph_step_with_bf16_amp_and_fused_adamw():
     assert graph_logs[-1]['loss'] < graph_logs[0]['loss']  # it learns
     for g, e in zip(graph_logs, eager_logs):  # bf16: same trajectory within rounding
         assert g['loss'] == pytest.approx(e['loss'], rel=2e-2), (g, e)
+
+
+@cuda
+def test_warm_ups_and_capture_share_one_side_stream(monkeypatch):
+    # a new stream per warm-up left each one's cached blocks unusable to the next: 12.7 GiB reserved
+    # against 5.5 eager for UperNet-B on an H100 (docs/benchmarks.md)
+    from convnextv2_dense.mm import graph_step
+    streams = []
+    on_stream, capture = graph_step._on_stream, graph_step.CudaGraph.capture
+
+    def recording_on_stream(side):
+        streams.append(side)
+        return on_stream(side)
+
+    def recording_capture(self, body, stream=None):
+        streams.append(stream)
+        return capture(self, body, stream)
+    monkeypatch.setattr(graph_step, '_on_stream', recording_on_stream)
+    monkeypatch.setattr(graph_step.CudaGraph, 'capture', recording_capture)
+    graphed = build(dict(warmup_iters=3), device='cuda')
+    train(graphed, optim(graphed), [batch(s) for s in range(5)])
+    assert graphed.graph_step.graph is not None and len(streams) == 4  # three warm-ups, one capture
+    assert streams[0] is not None and streams[0] != torch.cuda.current_stream()
+    assert all(s is streams[0] for s in streams)
