@@ -115,6 +115,12 @@ step_gpu_tests() {
     return "${PIPESTATUS[0]}"
 }
 
+# Per-step time and memory of UperNet-B's first steps, eager and with the CUDA graph step (dev/graph_memory.py).
+step_graph_memory() {
+    "$PYTHON" dev/graph_memory.py configs/upernet_convnextv2_base_ade20k.py 2>&1 | tee -a "$OUT/summary.md"
+    return "${PIPESTATUS[0]}"
+}
+
 # tools/export.py of a V2-B backbone (random non-zero weights, 512x512) exported on the GPU: --fp16 checked
 # against fp32 eager on the GPU (onnxruntime's CUDA provider where installed, else its CPU provider), then
 # fp32 for its 1e-4 gate. The files stay in a temporary folder.
@@ -210,8 +216,7 @@ for step in $STEPS; do
         gpu-tests) step_gpu_tests ;;
         export-fp16) step_export_fp16 ;;
         check-fused) step_check_fused ;;
-        graph-memory) "$PYTHON" dev/graph_memory.py configs/upernet_convnextv2_base_ade20k.py 2>&1 | tee -a "$OUT/summary.md"
-                      [ "${PIPESTATUS[0]}" = 0 ] ;;
+        graph-memory) step_graph_memory ;;
         dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;
         bb-base-512) bb "$step" base 512 16 ;;

@@ -4,7 +4,6 @@ and without the CUDA graph step, on the GPU: where the graph step's peak comes f
     python dev/graph_memory.py configs/upernet_convnextv2_base_ade20k.py --steps 8
 """
 import argparse
-import importlib
 import time
 
 import torch
@@ -15,27 +14,19 @@ def main() -> None:
     parser.add_argument('config')
     parser.add_argument('--steps', type=int, default=8)
     args = parser.parse_args()
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    from convnextv2_dense.bench.full import _build, _seg_data
+    from convnextv2_dense.bench.full import FullSettings, _build, prepare_full
     from convnextv2_dense.bench.timing import Row
-    cfg = Config.fromfile(args.config)
-    init_default_scope(cfg.default_scope)
-    registry = importlib.import_module(f'{cfg.default_scope}.registry')
-    torch.backends.cudnn.benchmark = True
-    size = cfg.crop_size[0]
-    cfg.model.data_preprocessor.size = (size, size)
-    data = _seg_data(2, size, cfg.model.decode_head.num_classes)
+    setup = prepare_full(FullSettings(args.config, device='cuda'))
     gib = 2 ** 30
     for impl in ('ours-eager', 'ours'):
-        model, optim_wrapper = _build(Row(impl, 'base', size, 2, 'train'), cfg, registry, torch.device('cuda'))
+        row = Row(impl, setup.cfg.model.backbone.get('arch', 'custom'), setup.size, setup.n, 'train')
+        model, optim_wrapper = _build(row, setup.cfg, setup.registry, setup.device)
         print(f'{impl}: after build allocated {torch.cuda.memory_allocated() / gib:.2f} GiB')
         for step in range(args.steps):
             torch.cuda.reset_peak_memory_stats()
             torch.cuda.synchronize()
             start = time.perf_counter()
-            model.train_step(data, optim_wrapper)
+            model.train_step(setup.data, optim_wrapper)
             torch.cuda.synchronize()
             print(f'{impl} step {step}: {(time.perf_counter() - start) * 1e3:7.1f} ms, peak allocated '
                   f'{torch.cuda.max_memory_allocated() / gib:.2f}, allocated {torch.cuda.memory_allocated() / gib:.2f}, '

@@ -71,6 +71,7 @@ class FullSettings:
 STOCK_TYPES: dict[str, str] = {'GraphedEncoderDecoder': 'EncoderDecoder', **FAST_HEAD_STOCK_TYPES,
                                **FAST_DET_STOCK_TYPES}
 NON_STOCK_OPTIONS = ('fused', 'cuda_graph')
+FUSED_BLOCK = {'stock': False, 'ours-plain': False, 'ours-fused': True}  # rows that set the backbone's fused_block
 
 
 def stock_components(cfg: Any) -> Any:
@@ -135,10 +136,8 @@ def _build(row: Row, cfg: Any, registry: Any, device: torch.device) -> tuple[nn.
     model_cfg.backbone.init_cfg = None
     if row.impl != 'hf':  # each row says whether it compiles, whatever the config's default
         model_cfg.backbone.compile = row.impl == 'ours-compile'
-        if row.impl in ('ours-plain', 'stock'):
-            model_cfg.backbone.fused_block = False
-        if row.impl == 'ours-fused':
-            model_cfg.backbone.fused_block = True
+        if row.impl in FUSED_BLOCK:
+            model_cfg.backbone.fused_block = FUSED_BLOCK[row.impl]
         if row.impl == 'ours-eager' and 'cuda_graph' in model_cfg:
             model_cfg.cuda_graph = False
     if row.impl == 'stock':
@@ -170,8 +169,23 @@ def _measure_full_row(row: Row, cfg: Any, registry: Any, data: dict, s: FullSett
     row.extra['backbone_ms'] = measure(backbone_step, s.warmup, s.iters, device)['ms_per_iter']
 
 
-def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time ``model.train_step`` of a config's model (random init, random data), once per backbone impl."""
+@dataclass
+class FullSetup:
+    """A config made ready for :func:`_build`: its registry, one batch of random data and what they are."""
+    cfg: Any
+    registry: Any
+    data: dict
+    task: str
+    size: int
+    n: int
+    device: torch.device
+    config_amp: str
+    cudnn_benchmark: bool
+
+
+def prepare_full(s: FullSettings) -> FullSetup:
+    """Load ``s.config`` for :func:`_build` (CPU adaptations, default scope, HF's backbone registered when a
+    row needs it) and make its random batch; sets ``cudnn.benchmark`` as the config's task trains."""
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
@@ -202,6 +216,13 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
     # mmdet keeps cudnn.benchmark off: the RoI heads see new shapes every step and would re-tune each time.
     cudnn_benchmark = task == 'seg' and bool(cfg.get('env_cfg', {}).get('cudnn_benchmark', False))
     torch.backends.cudnn.benchmark = cudnn_benchmark
+    return FullSetup(cfg, registry, data, task, size, n, device, config_amp, cudnn_benchmark)
+
+
+def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Time ``model.train_step`` of a config's model (random init, random data), once per backbone impl."""
+    setup = prepare_full(s)
+    cfg, registry, data, device, size, n = setup.cfg, setup.registry, setup.data, setup.device, setup.size, setup.n
     arch = cfg.model.backbone.get('arch', 'custom')
     rows = []
     for impl in s.backbone_impls:
@@ -226,8 +247,8 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
                 row.extra['profile_status'] = status_of(err)
             model = optim_wrapper = None
             free_memory(device)
-    settings = dict(asdict(s), task=task, cudnn_benchmark=cudnn_benchmark, img_size=size, img_per_gpu=n,
-                    config_amp=config_amp)
+    settings = dict(asdict(s), task=setup.task, cudnn_benchmark=setup.cudnn_benchmark, img_size=size,
+                    img_per_gpu=n, config_amp=setup.config_amp)
     return dict(kind='full', env=environment(device), settings=settings, rows=[asdict(row) for row in rows])
 
 
