@@ -8,8 +8,8 @@ custom_imports = dict(imports=['convnextv2_dense'], allow_failed_imports=False)
 num_classes = 150
 model = dict(
     # mmseg's EncoderDecoder whose training step replays a CUDA graph of forward + loss + backward on the
-    # fixed-size crops (convnextv2_dense.mm.graph_step): same model and checkpoints; eager on the CPU and
-    # under DDP. cuda_graph=False: the stock step.
+    # fixed-size crops (convnextv2_dense.mm.graph_step): same model and checkpoints; eager on the CPU.
+    # cuda_graph=False: the stock step.
     type='GraphedEncoderDecoder',
     cuda_graph=True,
     data_preprocessor=dict(size=(512, 512)),
@@ -29,3 +29,7 @@ model = dict(
     auxiliary_head=dict(type='FCNHeadFast', in_channels=512, in_index=2, channels=256, num_classes=num_classes,
                         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
+# Multi-GPU jobs (tools/dist_train.sh): mmengine's DDP wrapper, except that it runs the graph step above with
+# the gradients averaged after backward (convnextv2_dense.mm.graph_ddp); a single process ignores this.
+model_wrapper_cfg = dict(type='GraphedDistributedDataParallel', broadcast_buffers=False,
+                         find_unused_parameters=False)

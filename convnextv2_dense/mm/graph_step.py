@@ -18,7 +18,9 @@ single-process CUDA training with fixed-shape batches (segmentation crops) and `
 anything else (CPU, gradient accumulation, a batch of another shape while the first is still warming up)
 runs the eager step, and a capture that fails (a host synchronisation inside the model) turns the graph
 off for the run with a warning naming the error. Under DistributedDataParallel, mmengine's wrapper calls
-its own train step, so this one never runs there.
+its own train step; ``GraphedDistributedDataParallel`` (:mod:`.graph_ddp`) calls this one with a
+:class:`~.graph_ddp.GradientSync`, which keeps the ranks' choices (eager, capture, replay) in step and
+averages the gradients after backward.
 """
 from __future__ import annotations
 
@@ -27,20 +29,38 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from .graph_ddp import signature_key
+
+if TYPE_CHECKING:
+    from .graph_ddp import GradientSync
 
 __all__ = ['GraphedTrainStep', 'batch_signature', 'eager_train_step']
 
 
-def eager_train_step(model: Any, data: dict, optim_wrapper: Any) -> dict:
-    """mmengine's ``BaseModel.train_step`` after preprocessing: forward, parse_losses, update_params."""
+def eager_train_step(model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
+    """mmengine's ``BaseModel.train_step`` after preprocessing: forward, parse_losses, update_params (with
+    ``sync``: the gradients averaged over the ranks between backward and the optimizer step)."""
     with optim_wrapper.optim_context(model):
         losses = model._run_forward(data, mode='loss')
     parsed, log_vars = model.parse_losses(losses)
-    optim_wrapper.update_params(parsed)
+    if sync is None:
+        optim_wrapper.update_params(parsed)
+        return log_vars
+    optim_wrapper.backward(optim_wrapper.scale_loss(parsed))
+    sync.reduce(_trained_params(optim_wrapper))
+    if optim_wrapper.should_update():
+        optim_wrapper.step()
+        optim_wrapper.zero_grad()
     return log_vars
+
+
+def _trained_params(optim_wrapper: Any) -> list[torch.nn.Parameter]:
+    """The optimizer's parameters that take gradients, in its (every rank's same) order."""
+    return [p for group in optim_wrapper.param_groups for p in group['params'] if p.requires_grad]
 
 
 def _sample_tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -73,11 +93,12 @@ class CudaGraph:
     def __init__(self) -> None:
         self.graph = torch.cuda.CUDAGraph()
 
-    def capture(self, body: Callable[[], Any], stream: torch.cuda.Stream | None = None) -> Any:
+    def capture(self, body: Callable[[], Any], stream: torch.cuda.Stream | None = None,
+                capture_error_mode: str = 'global') -> Any:
         # The blocks the eager warm-up left cached are never used by the graph (it allocates from a pool of
         # its own): give them back before and after, or the step would hold two iterations' worth of memory.
         torch.cuda.empty_cache()
-        with torch.cuda.graph(self.graph, stream=stream):
+        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode=capture_error_mode):
             out = body()
         torch.cuda.empty_cache()
         return out
@@ -151,35 +172,46 @@ class GraphedTrainStep:
             return f'{type(optim_wrapper).__name__} has no single optimizer'
         return None
 
-    def __call__(self, model: Any, data: dict, optim_wrapper: Any) -> dict:
+    def __call__(self, model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
+        """One training step of ``model`` (the bare module, also under DDP). ``sync``: the processes of a
+        multi-process job (given by ``GraphedDistributedDataParallel``), else None."""
         with optim_wrapper.optim_context(model):
             data = model.data_preprocessor(data, True)
         inputs = data.get('inputs')
         if self.require_cuda and isinstance(inputs, torch.Tensor) and not inputs.is_cuda:
-            return eager_train_step(model, data, optim_wrapper)  # the CPU path is the plain one, silently
+            return eager_train_step(model, data, optim_wrapper, sync)  # the CPU path is the plain one, silently
         reason = self.why_not(data, optim_wrapper)
         if reason is not None:
             self._warn_once(reason)
-            return eager_train_step(model, data, optim_wrapper)
+            return eager_train_step(model, data, optim_wrapper, sync)
         signature = batch_signature(data)
+        if sync is not None and not sync.all_agree(signature_key(signature), inputs.device):
+            # capture and replay must be the same on every rank (they hold collectives): all run eager
+            self._warn_once('the processes got batches of different shapes in one step')
+            return eager_train_step(model, data, optim_wrapper, sync)
         if signature != self.signature:
             self._reset(signature)
         if self.graph is None and self.seen < self.warmup_iters:
             self.seen += 1
-            with _on_stream(self._side_stream(data['inputs'].device)):
-                return eager_train_step(model, data, optim_wrapper)
+            with _on_stream(self._side_stream(inputs.device)):
+                return eager_train_step(model, data, optim_wrapper, sync)
         if self.graph is None:
+            error = None
             try:
-                self._capture(model, data, optim_wrapper)
+                self._capture(model, data, optim_wrapper, sync)
             except Exception as err:  # e.g. a host synchronisation inside the model: never fatal
-                self.disabled = f'capture failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})'
+                error = f'{type(err).__name__}: {str(err).splitlines()[0][:200]}' if str(err) else type(err).__name__
+            if sync is not None and sync.any_rank(error is not None, inputs.device) and error is None:
+                error = 'it failed in another process'
+            if error is not None:
+                self.disabled = f'capture failed ({error})'
                 self._reset(None)
                 optim_wrapper.zero_grad()
                 self._warn_once(self.disabled)
-                return eager_train_step(model, data, optim_wrapper)
+                return eager_train_step(model, data, optim_wrapper, sync)
         self._load(data)
         self.graph.replay()
-        return self._step(optim_wrapper)
+        return self._step(optim_wrapper, sync)
 
     def _side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
         if device.type != 'cuda':
@@ -188,7 +220,7 @@ class GraphedTrainStep:
             self._stream = torch.cuda.Stream(device)
         return self._stream
 
-    def _capture(self, model: Any, data: dict, optim_wrapper: Any) -> None:
+    def _capture(self, model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> None:
         """Record forward + loss + backward on static copies of this batch (the replay computes them)."""
         self._inputs = data['inputs'].clone()
         self._samples = copy.deepcopy(data.get('data_samples'))
@@ -208,7 +240,11 @@ class GraphedTrainStep:
 
         optim_wrapper.zero_grad()  # grads None: the graph allocates its own, overwritten at every replay
         graph = self.graph_factory()
-        self._log_vars = graph.capture(body, stream=self._side_stream(self._inputs.device))
+        stream = self._side_stream(self._inputs.device)
+        if sync is None:
+            self._log_vars = graph.capture(body, stream=stream)
+        else:  # NCCL's watchdog thread queries events while this thread captures
+            self._log_vars = graph.capture(body, stream=stream, capture_error_mode='thread_local')
         self._grads = [(p, p.grad) for group in optim_wrapper.param_groups for p in group['params']
                        if p.grad is not None]
         self.graph = graph
@@ -220,10 +256,12 @@ class GraphedTrainStep:
         for static, new in zip(_sample_tensors(self._samples), _sample_tensors(data.get('data_samples'))):
             static.copy_(new, non_blocking=True)
 
-    def _step(self, optim_wrapper: Any) -> dict:
+    def _step(self, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
         """The optimizer wrapper's step on the replayed gradients, as ``update_params`` would."""
         for param, grad in self._grads:
             param.grad = grad
+        if sync is not None:
+            sync.reduce(_trained_params(optim_wrapper))
         optim_wrapper._inner_count += 1  # what its backward() counts; its should_update() reads it
         optim_wrapper.step()
         optim_wrapper.zero_grad()

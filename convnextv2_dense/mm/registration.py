@@ -20,8 +20,8 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 
 def _register(registry_module: ModuleType) -> None:
     """Put the backbone, the layer-decay constructor and our hooks into one mm package's registries (and, in
-    mmseg's, the decode heads of :mod:`.fast_heads` and the segmentor of :mod:`.graphed_segmentor`; in
-    mmdet's, the sampler and mask head of :mod:`.fast_det`).
+    mmseg's, the decode heads of :mod:`.fast_heads`, the segmentor of :mod:`.graphed_segmentor` and its DDP
+    wrapper of :mod:`.graph_ddp`; in mmdet's, the sampler and mask head of :mod:`.fast_det`).
 
     Registration adds names only: checkpoint reading is not changed here (see ``checkpoint_safety``).
     """
@@ -42,6 +42,12 @@ def _register(registry_module: ModuleType) -> None:
         from .graphed_segmentor import build_graphed_encoder_decoder
         registry_module.MODELS.register_module('GraphedEncoderDecoder', module=build_graphed_encoder_decoder,
                                                force=True)
+        # its DDP wrapper, in mmengine's root registry: the Runner looks the type up there (``get`` ignores the
+        # default scope) and checks that it subclasses DDP, so it is the class itself
+        from mmengine.registry import MODEL_WRAPPERS
+
+        from .graph_ddp import graphed_ddp_class
+        MODEL_WRAPPERS.register_module('GraphedDistributedDataParallel', module=graphed_ddp_class(), force=True)
     if registry_module.__name__ == 'mmdet.registry':  # builders: mmdet's classes are imported on first build
         from .fast_det import build_fcn_mask_head_fast, build_random_sampler_fast
         registry_module.MODELS.register_module('FCNMaskHeadFast', module=build_fcn_mask_head_fast, force=True)

@@ -99,8 +99,9 @@ def adapt_to_cpu(cfg: Any) -> None:
     This is what lets ``tools/dist_train.sh`` try a multi-process run on a laptop.
     """
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
-    if cfg.launcher != 'none':
-        cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)
+    if cfg.launcher != 'none':  # the config's wrapper (mmengine's DDP by default), on CPU modules
+        wrapper = cfg.get('model_wrapper_cfg') or {}
+        cfg.model_wrapper_cfg = dict(wrapper, type=wrapper.get('type', 'MMDistributedDataParallel'), device_ids=None)
     _replace_sync_bn(cfg.model)
     optim = cfg.get('optim_wrapper')
     if optim is not None and optim.get('type') == 'AmpOptimWrapper':

@@ -28,7 +28,7 @@ class ReplayGraph:
     def __init__(self, model) -> None:
         self.model, self.params = model, list(model.parameters())
 
-    def capture(self, body, stream=None):
+    def capture(self, body, stream=None, capture_error_mode='global'):
         buffers = [(b, b.clone()) for b in self.model.buffers()]
         self.body = body
         self.outputs = body()
@@ -175,7 +175,7 @@ def test_new_batch_shape_warms_up_and_captures_again():
 
 def test_failed_capture_turns_the_graph_off_with_a_warning():
     class Broken:
-        def capture(self, body, stream=None):
+        def capture(self, body, stream=None, capture_error_mode='global'):
             raise RuntimeError('operation not permitted when stream is capturing')
 
     graphed = build(dict(warmup_iters=1, require_cuda=False, graph_factory=Broken))
@@ -261,9 +261,9 @@ def test_warm_ups_and_capture_share_one_side_stream(monkeypatch):
         streams.append(side)
         return on_stream(side)
 
-    def recording_capture(self, body, stream=None):
+    def recording_capture(self, body, stream=None, capture_error_mode='global'):
         streams.append(stream)
-        return capture(self, body, stream)
+        return capture(self, body, stream, capture_error_mode)
     monkeypatch.setattr(graph_step, '_on_stream', recording_on_stream)
     monkeypatch.setattr(graph_step.CudaGraph, 'capture', recording_capture)
     graphed = build(dict(warmup_iters=3), device='cuda')
