@@ -9,7 +9,8 @@
 #   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
 # Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
-# full-seg-tiny full-det-base full-det-tiny full-cascade
+# full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base (UperNet-B under DDP on every visible GPU:
+# mmengine's wrapper against the graph step's, DIST_IMPLS)
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
 # shared/wheels; an mmcv-*.tar.gz sdist there is compiled with CUDA ops by the mmcv step), WHEEL_PACKAGES (what to install from it), WHEEL_TARGET (install into this folder and put it
 # on PYTHONPATH, e.g. /tmp/site, instead of into the environment), PIP_FLAGS (e.g. --break-system-packages),
@@ -29,7 +30,8 @@ BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
 FULL_IMPLS=${FULL_IMPLS:-"stock ours ours-eager ours-fused ours-compile hf"}
 BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile hf"}
-ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade"
+DIST_IMPLS=${DIST_IMPLS:-"stock ours-eager ours"}
+ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -198,6 +200,20 @@ bb() {
         --channels-last $BACKBONE_ARGS
 }
 
+# dist_full STEP CONFIG: the full iteration under DDP, one process per visible GPU (torchrun; rank 0 reports).
+dist_full() {
+    local procs
+    procs=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())') || return 1
+    [ "$procs" -ge 1 ] || { echo "no GPU: skipping $1"; return 0; }
+    echo "$1: $procs processes"
+    "$PYTHON" -m torch.distributed.run --nproc_per_node "$procs" tools/benchmark.py full --config "$2" \
+        --backbone-impl $DIST_IMPLS $FULL_ARGS --json-out "$OUT/$1.json" 2>"$LOG_DIR/$1.log" | tee -a "$OUT/summary.md"
+    local rc=${PIPESTATUS[0]}
+    echo >>"$OUT/summary.md"
+    grep -v 'pkg_resources' "$LOG_DIR/$1.log" | tail -n 40 >&2
+    return "$rc"
+}
+
 # full STEP CONFIG: one training iteration of a config, our backbone and HF's.
 full() {
     if ! "$PYTHON" -c 'import mmcv, mmengine' 2>/dev/null; then
@@ -226,6 +242,7 @@ for step in $STEPS; do
         full-det-base) full "$step" configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py ;;
         full-det-tiny) full "$step" configs/mask-rcnn_convnextv2_tiny_fpn_3x_coco.py ;;
         full-cascade) full "$step" configs/cascade-mask-rcnn_convnextv2_tiny_fpn_1x_coco.py ;;
+        dist-full-seg-base) dist_full "$step" configs/upernet_convnextv2_base_ade20k.py ;;
         *) echo "unknown step '$step'; steps: $ALL_STEPS" >&2; false ;;
     esac || failed "$step" "$?"
 done

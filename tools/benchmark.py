@@ -14,6 +14,10 @@ Usage::
         --backbone-impl stock ours ours-eager ours-plain ours-fused ours-compile hf [--profile 3]
         [--img-per-gpu 2] [--img-size 512] [--boxes 20] [--warmup 5] [--iters 20] [--json-out FILE]
 
+    # the same under DDP, one process per GPU (the config's model_wrapper_cfg; rank 0 reports)
+    torchrun --nproc_per_node 8 tools/benchmark.py full --config configs/upernet_convnextv2_base_ade20k.py
+        --backbone-impl stock ours-eager ours
+
 Default batches are the measured baselines' (tiny@512: 32, base@512: 16, base@224: 128). On CPU the
 compiled rows are skipped unless ``--impl`` names them. Exit status 1 when ours and HF disagree.
 """
@@ -98,6 +102,16 @@ def run_full(args: argparse.Namespace) -> dict:
     return full_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
+def _leave_process_group() -> int:
+    """This process's rank in the torchrun job the full benchmark joined (0 without one), leaving it."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    rank = dist.get_rank()
+    dist.destroy_process_group()
+    return rank
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -105,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    finally:
+        rank = _leave_process_group()
+    if rank:
+        return 0  # under torchrun, rank 0 reports
     if report['kind'] == 'full':
         from convnextv2_dense.bench.full import format_full_report
         print(format_full_report(report), flush=True)

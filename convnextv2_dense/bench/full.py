@@ -4,11 +4,16 @@
 labels, the config's optimizer wrapper and AMP), timed with the helpers of :mod:`.benchmark`. With
 ``backbone_impls=('ours', 'hf')`` both backbones run in the same process, in the same heads, with the same
 param groups, for a fair comparison. Imports only torch at module level; the mm packages lazily.
+
+Started by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set), every process times the step of its model inside
+the config's DDP wrapper (``model_wrapper_cfg``; the ``stock`` row: mmengine's ``MMDistributedDataParallel``),
+one GPU each (NCCL; gloo on CPUs), and rank 0 reports.
 """
 from __future__ import annotations
 
 import copy
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -156,17 +161,47 @@ def _build(row: Row, cfg: Any, registry: Any, device: torch.device) -> tuple[nn.
     return model, optim_wrapper
 
 
+def _wrap_for_ddp(row: Row, cfg: Any, model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in the config's DDP wrapper (the stock row: mmengine's), as the Runner wraps it."""
+    from mmengine.registry import MODEL_WRAPPERS
+    wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+    if row.impl == 'stock' or 'type' not in wrapper:
+        wrapper = dict(type='MMDistributedDataParallel')
+    wrapper.update(module=model, device_ids=[device.index] if device.type == 'cuda' else None,
+                   broadcast_buffers=False, find_unused_parameters=False)
+    return MODEL_WRAPPERS.build(wrapper)
+
+
 def _measure_full_row(row: Row, cfg: Any, registry: Any, data: dict, s: FullSettings, device: torch.device) -> None:
     model, optim_wrapper = _build(row, cfg, registry, device)
-    record(row, measure(lambda: model.train_step(data, optim_wrapper), s.warmup, s.iters, device))
+    stepper = _wrap_for_ddp(row, cfg, model, device) if _world_size() else model
+    record(row, measure(lambda: stepper.train_step(data, optim_wrapper), s.warmup, s.iters, device))
     x = torch.randn(row.batch, 3, row.input, row.input, device=device)
 
-    def backbone_step() -> None:  # the backbone alone, same input size and precision
+    def backbone_step() -> None:  # the backbone alone, same input size and precision (this process only)
         model.zero_grad(set_to_none=True)
         with optim_wrapper.optim_context(model):
             outs = model.backbone(x)
         sum(out.float().mean() for out in outs).backward()
     row.extra['backbone_ms'] = measure(backbone_step, s.warmup, s.iters, device)['ms_per_iter']
+
+
+def _world_size() -> int:
+    """The process group's size when one is running (under torchrun), else 0."""
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _join_torchrun(device: torch.device) -> torch.device:
+    """Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs) and take this rank's GPU."""
+    import torch.distributed as dist
+    if not {'RANK', 'WORLD_SIZE'} <= os.environ.keys() or dist.is_initialized():
+        return device
+    if device.type == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device
 
 
 @dataclass
@@ -191,13 +226,13 @@ def prepare_full(s: FullSettings) -> FullSetup:
     from mmengine.registry import init_default_scope
 
     from ..mm.runner_cli import adapt_to_cpu, task_of
-    device = resolve_device(s.device)
+    device = _join_torchrun(resolve_device(s.device))
     MMLogger.get_instance('convnextv2_benchmark', log_level='WARNING')  # no per-parameter init log
     cfg = Config.fromfile(s.config)
     task = task_of(cfg)
     config_amp = _amp_name(cfg.optim_wrapper)
     if device.type == 'cpu':
-        cfg.launcher = 'none'
+        cfg.launcher = 'pytorch' if _world_size() else 'none'
         adapt_to_cpu(cfg)  # no AMP and BN instead of SyncBN on CPU
     init_default_scope(cfg.default_scope)
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
@@ -223,6 +258,9 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
     """Time ``model.train_step`` of a config's model (random init, random data), once per backbone impl."""
     setup = prepare_full(s)
     cfg, registry, data, device, size, n = setup.cfg, setup.registry, setup.data, setup.device, setup.size, setup.n
+    world = _world_size()
+    if world and torch.distributed.get_rank() != 0:
+        log = _quiet
     arch = cfg.model.backbone.get('arch', 'custom')
     rows = []
     for impl in s.backbone_impls:
@@ -242,14 +280,20 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
         if row.status == 'ok':
             try:
                 model, optim_wrapper = _build(row, cfg, registry, device)
-                row.extra['profile'] = profile_step(lambda: model.train_step(data, optim_wrapper), s.profile, device)
+                stepper = _wrap_for_ddp(row, cfg, model, device) if world else model
+                row.extra['profile'] = profile_step(lambda: stepper.train_step(data, optim_wrapper), s.profile,
+                                                    device)
             except Exception as err:  # the timing stands without its profile
                 row.extra['profile_status'] = status_of(err)
-            model = optim_wrapper = None
+            model = optim_wrapper = stepper = None
             free_memory(device)
     settings = dict(asdict(s), task=setup.task, cudnn_benchmark=setup.cudnn_benchmark, img_size=size,
-                    img_per_gpu=n, config_amp=setup.config_amp)
+                    img_per_gpu=n, config_amp=setup.config_amp, ddp_processes=world)
     return dict(kind='full', env=environment(device), settings=settings, rows=[asdict(row) for row in rows])
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def format_full_report(report: dict[str, Any]) -> str:
@@ -260,7 +304,10 @@ def format_full_report(report: dict[str, Any]) -> str:
         f'settings: {s["config"]} ({s["task"]}), init_cfg=None, {s["img_per_gpu"]} random images of '
         f'{s["img_size"]}x{s["img_size"]}{objects}, warm-up {s["warmup"]}, {s["iters"]} timed '
         f'model.train_step, cudnn.benchmark {s["cudnn_benchmark"]}, config AMP {s["config_amp"]}'
-        + (' (off on CPU)' if report['env']['device_type'] == 'cpu' and s['config_amp'] != 'fp32' else ''),
+        + (' (off on CPU)' if report['env']['device_type'] == 'cpu' and s['config_amp'] != 'fp32' else '')
+        + (f', {s["ddp_processes"]} process(es) under DDP (the config\'s model_wrapper_cfg; stock: '
+           f'MMDistributedDataParallel), {s["img_per_gpu"]} images each, rank 0\'s times'
+           if s.get('ddp_processes') else ''),
         '',
         '| backbone | arch | AMP | ms/iter | img/s | peak mem (GiB) | peak reserved (GiB) | params (M) '
         '| param groups | backbone fwd+bwd (ms) | status |',

@@ -122,3 +122,45 @@ def test_the_ours_row_runs_eager_even_where_the_config_compiles(tmp_path, monkey
             '--warmup', '1', '--iters', '1', '--img-size', '64', '--json-out', str(json_out)]
     assert load_tool('benchmark').main(argv) == 0
     assert [row['status'] for row in json.loads(json_out.read_text())['rows']] == ['ok']
+
+
+def test_full_iteration_under_torchrun_wraps_each_row_in_its_ddp_wrapper(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip('mmseg')
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    json_out = tmp_path / 'ddp.json'
+    done = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(port),
+         'tools/benchmark.py', 'full', '--config', 'configs/demo/upernet_convnextv2_atto_demo.py',
+         '--backbone-impl', 'stock', 'ours', '--img-size', '64', '--warmup', '1', '--iters', '2', '--device', 'cpu',
+         '--json-out', str(json_out)], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('| backbone |') == 1  # one report, from rank 0
+    assert '2 process(es) under DDP' in done.stdout
+    report = json.loads(json_out.read_text())
+    assert report['settings']['ddp_processes'] == 2
+    assert [(row['impl'], row['status']) for row in report['rows']] == [('stock', 'ok'), ('ours', 'ok')]
+
+
+def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
+    pytest.importorskip('mmseg')
+    from unittest import mock
+
+    from mmengine.config import Config
+
+    from convnextv2_dense.bench import full
+    from convnextv2_dense.bench.timing import Row
+    cfg = Config.fromfile('configs/upernet_convnextv2_atto_ade20k.py')
+    built = []
+    with mock.patch('mmengine.registry.MODEL_WRAPPERS.build', side_effect=built.append):
+        for impl in ('stock', 'ours', 'hf'):
+            full._wrap_for_ddp(Row(impl, 'atto', 64, 2, 'train'), cfg, 'MODEL', full.torch.device('cpu'))
+    assert [b['type'] for b in built] == ['MMDistributedDataParallel', 'GraphedDistributedDataParallel',
+                                          'GraphedDistributedDataParallel']
+    assert all(b['module'] == 'MODEL' and b['device_ids'] is None and not b['broadcast_buffers'] for b in built)
