@@ -11,8 +11,8 @@ job. This wrapper runs the module's graphed step instead, with the gradient exch
   all-reduce per bucket), and the optimizer wrapper steps as before.
 
 The ranks must take the same path at every step: whether a step is captured or replayed is a collective
-property of the NCCL operations inside it. So the batch signature is agreed on (one tiny all-reduce per step,
-where mmengine's logging already synchronises the host every iteration) before the step chooses eager,
+property of the NCCL operations inside it. So the batch signature is agreed on (one tiny all-reduce per step
+over a gloo group on the CPU, which does not wait for the GPU) before the step chooses eager,
 capture or replay, and a capture that fails on any rank turns the graph off on every rank. Batches of
 different shapes on different ranks run the eager step everywhere.
 
@@ -47,15 +47,18 @@ class GradientSync:
     """The collectives the graphed step needs across the ranks of a process group.
 
     Args:
-        process_group: The group (None: the default one).
+        process_group: The gradients' group (None: the default one).
         bucket_mb (float): Gradients are flattened into buckets of at most this many MiB, one all-reduce
             each. Defaults to 100.
+        control_group: A gloo group of the same ranks for the agreements, on CPU tensors, so that they do not
+            wait for the GPU. Defaults to None: ``process_group``, on tensors of the step's device.
     """
 
-    def __init__(self, process_group: Any = None, bucket_mb: float = 100) -> None:
+    def __init__(self, process_group: Any = None, bucket_mb: float = 100, control_group: Any = None) -> None:
         if bucket_mb <= 0:
             raise ValueError(f'bucket_mb must be positive, got {bucket_mb}')
         self.process_group = process_group
+        self.control_group = control_group
         self.bucket_bytes = int(bucket_mb * 2 ** 20)
 
     @property
@@ -65,8 +68,9 @@ class GradientSync:
 
     def _all_reduce_max(self, values: list[int], device: torch.device) -> list[int]:
         import torch.distributed as dist
-        flags = torch.tensor(values, dtype=torch.int64, device=device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.process_group)
+        group = self.process_group if self.control_group is None else self.control_group
+        flags = torch.tensor(values, dtype=torch.int64, device=device if self.control_group is None else 'cpu')
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
         return flags.tolist()
 
     def all_agree(self, key: int, device: torch.device) -> bool:
@@ -129,8 +133,12 @@ def graphed_ddp_class() -> type:
         """
 
         def __init__(self, module: torch.nn.Module, bucket_mb: float = 100, **kwargs: Any) -> None:
+            import torch.distributed as dist
             super().__init__(module=module, **kwargs)
-            self.gradient_sync = GradientSync(self.process_group, bucket_mb)
+            control = None
+            if dist.get_backend(self.process_group) != 'gloo':  # every rank builds the wrapper: a collective call
+                control = dist.new_group(dist.get_process_group_ranks(self.process_group), backend='gloo')
+            self.gradient_sync = GradientSync(self.process_group, bucket_mb, control)
 
         def graph_step_usable(self, optim_wrapper: Any) -> bool:
             """Whether this step goes through the module's graph step (else mmengine's DDP step)."""
