@@ -201,7 +201,8 @@ class GraphedTrainStep:
                 self._capture(model, data, optim_wrapper, sync)
             except Exception as err:  # e.g. a host synchronisation inside the model: never fatal
                 error = f'{type(err).__name__}: {str(err).splitlines()[0][:200]}' if str(err) else type(err).__name__
-            if sync is not None and sync.any_rank(error is not None, inputs.device) and error is None:
+            failed_somewhere = sync is not None and sync.any_rank(error is not None, inputs.device)
+            if error is None and failed_somewhere:  # all ranks replay the graph, or none
                 error = 'it failed in another process'
             if error is not None:
                 self.disabled = f'capture failed ({error})'
