@@ -98,13 +98,32 @@ class CudaGraph:
         # The blocks the eager warm-up left cached are never used by the graph (it allocates from a pool of
         # its own): give them back before and after, or the step would hold two iterations' worth of memory.
         torch.cuda.empty_cache()
-        with torch.cuda.graph(self.graph, stream=stream, capture_error_mode=capture_error_mode):
-            out = body()
+        try:
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode=capture_error_mode):
+                out = body()
+        except Exception:
+            release_rng_from_failed_capture(stream)
+            raise
         torch.cuda.empty_cache()
         return out
 
     def replay(self) -> None:
         self.graph.replay()
+
+
+def release_rng_from_failed_capture(stream: torch.cuda.Stream | None = None) -> None:
+    """Make the CUDA random generator usable again after a capture that failed.
+
+    A capture marks the default CUDA generator as capturing, and only a capture that ends well unmarks it:
+    after a failed one, the next eager dropout or drop path stops with "Offset increment outside graph
+    capture encountered unexpectedly" (seen on an H100 when a capture under DDP failed). An empty capture,
+    which ends well, clears the mark; its graph is thrown away.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # "the CUDA graph is empty"
+        with torch.cuda.graph(torch.cuda.CUDAGraph(), stream=stream):
+            pass
+    torch.cuda.empty_cache()
 
 
 @contextmanager

@@ -271,3 +271,39 @@ def test_warm_ups_and_capture_share_one_side_stream(monkeypatch):
     assert graphed.graph_step.graph is not None and len(streams) == 4  # three warm-ups, one capture
     assert streams[0] is not None and streams[0] != torch.cuda.current_stream()
     assert all(s is streams[0] for s in streams)
+
+
+def test_a_failed_capture_releases_the_random_generator(monkeypatch):
+    # After a failed capture the CUDA generator stays marked as capturing and the next eager dropout stops
+    # ("Offset increment outside graph capture", H100, 2026-12-06): CudaGraph.capture clears the mark.
+    from contextlib import nullcontext
+
+    from convnextv2_dense.mm import graph_step
+    released = []
+    monkeypatch.setattr(graph_step.torch.cuda, 'CUDAGraph', lambda: 'graph')
+    monkeypatch.setattr(graph_step.torch.cuda, 'graph', lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(graph_step, 'release_rng_from_failed_capture', lambda stream=None: released.append(stream))
+
+    def failing_body():
+        raise RuntimeError('operation not permitted when stream is capturing')
+    with pytest.raises(RuntimeError, match='not permitted'):
+        graph_step.CudaGraph().capture(failing_body, stream='side')
+    assert released == ['side']
+    assert graph_step.CudaGraph().capture(lambda: 7, stream='side') == 7 and released == ['side']
+
+
+@cuda
+def test_eager_dropout_works_after_a_capture_that_failed():
+    from convnextv2_dense.mm.graph_step import CudaGraph
+    drop = torch.nn.Dropout(0.5)
+    x = torch.ones(1000, device='cuda')
+    drop(x)
+    side = torch.cuda.Stream()
+    with pytest.raises(Exception):
+        CudaGraph().capture(lambda: drop(x).sum().item(), stream=side)  # a host sync: the capture fails
+    assert 0 < drop(x).sum().item() < 2000  # eager dropout draws again
+    graph = CudaGraph()
+    out = graph.capture(lambda: drop(x) * 1, stream=side)  # and a later capture records and replays
+    graph.replay()
+    torch.cuda.synchronize()
+    assert 0 < out.sum().item() < 2000

@@ -157,6 +157,7 @@ def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
     from convnextv2_dense.bench import full
     from convnextv2_dense.bench.timing import Row
     cfg = Config.fromfile('configs/upernet_convnextv2_atto_ade20k.py')
+    cfg.model_wrapper_cfg = dict(type='GraphedDistributedDataParallel')
     built = []
     with mock.patch('mmengine.registry.MODEL_WRAPPERS.build', side_effect=built.append):
         for impl in ('stock', 'ours', 'hf'):
