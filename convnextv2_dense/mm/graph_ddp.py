@@ -16,6 +16,9 @@ over a gloo group on the CPU, which does not wait for the GPU) before the step c
 capture or replay, and a capture that fails on any rank turns the graph off on every rank. Batches of
 different shapes on different ranks run the eager step everywhere.
 
+Status: on the CPU it trains to stock DDP's numbers (tests/mm/test_graph_ddp.py); on an H100 the capture
+failed even at one NCCL rank (docs/benchmarks.md), so no shipped config uses this wrapper yet.
+
 Everything else (a module without a graph step, gradient accumulation, a graph step turned off) is
 mmengine's ``MMDistributedDataParallel`` unchanged. Parameters that no rank used get a zero gradient (DDP
 without ``find_unused_parameters`` would stop with an error instead).
