@@ -180,12 +180,14 @@ step_dist_smoke() {
     echo "dist-smoke: train and test of both demos passed on $procs processes"
 }
 
-# run_tool STEP ARGS...: tools/benchmark.py; its table goes to summary.md, its JSON to $OUT/STEP.json, its
-# progress and errors to $LOG_DIR/STEP.log (shown at the end of the step; its tail goes to summary.md on failure).
+# run_tool STEP ARGS...: tools/benchmark.py (started through $LAUNCH, e.g. "-m torch.distributed.run ...", when
+# set); its table goes to summary.md, its JSON to $OUT/STEP.json, its progress and errors to $LOG_DIR/STEP.log
+# (shown at the end of the step; its tail goes to summary.md on failure).
 run_tool() {
     local name=$1 rc
     shift
-    "$PYTHON" tools/benchmark.py "$@" --json-out "$OUT/$name.json" 2>"$LOG_DIR/$name.log" | tee -a "$OUT/summary.md"
+    "$PYTHON" ${LAUNCH:-} tools/benchmark.py "$@" --json-out "$OUT/$name.json" 2>"$LOG_DIR/$name.log" \
+        | tee -a "$OUT/summary.md"
     rc=${PIPESTATUS[0]}
     echo >>"$OUT/summary.md"
     grep -v 'pkg_resources' "$LOG_DIR/$name.log" | tail -n 40 >&2
@@ -208,12 +210,8 @@ dist_full() {
     procs=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())') || return 1
     [ "$procs" -ge 1 ] || { echo "no GPU: skipping $1"; return 0; }
     echo "$1: $procs processes"
-    "$PYTHON" -m torch.distributed.run --nproc_per_node "$procs" tools/benchmark.py full --config "$2" \
-        --backbone-impl $DIST_IMPLS $FULL_ARGS --json-out "$OUT/$1.json" 2>"$LOG_DIR/$1.log" | tee -a "$OUT/summary.md"
-    local rc=${PIPESTATUS[0]}
-    echo >>"$OUT/summary.md"
-    grep -v 'pkg_resources' "$LOG_DIR/$1.log" | tail -n 40 >&2
-    return "$rc"
+    LAUNCH="-m torch.distributed.run --nproc_per_node $procs" run_tool "$1" full --config "$2" \
+        --backbone-impl $DIST_IMPLS $FULL_ARGS
 }
 
 # full STEP CONFIG: one training iteration of a config, our backbone and HF's.

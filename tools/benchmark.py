@@ -102,16 +102,6 @@ def run_full(args: argparse.Namespace) -> dict:
     return full_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 
-def _leave_process_group() -> int:
-    """This process's rank in the torchrun job the full benchmark joined (0 without one), leaving it."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0
-    rank = dist.get_rank()
-    dist.destroy_process_group()
-    return rank
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -119,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
-    finally:
-        rank = _leave_process_group()
-    if rank:
+    if report.get('rank'):
         return 0  # under torchrun, rank 0 reports
     if report['kind'] == 'full':
         from convnextv2_dense.bench.full import format_full_report

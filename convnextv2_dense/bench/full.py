@@ -162,7 +162,10 @@ def _build(row: Row, cfg: Any, registry: Any, device: torch.device) -> tuple[nn.
 
 
 def _wrap_for_ddp(row: Row, cfg: Any, model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` in the config's DDP wrapper (the stock row: mmengine's), as the Runner wraps it."""
+    """What takes the training step: ``model`` itself, or under torchrun ``model`` in the config's DDP wrapper
+    (the stock row: mmengine's), as the Runner wraps it."""
+    if not _world_size():
+        return model
     from mmengine.registry import MODEL_WRAPPERS
     wrapper = dict(cfg.get('model_wrapper_cfg') or {})
     if row.impl == 'stock' or 'type' not in wrapper:
@@ -174,7 +177,7 @@ def _wrap_for_ddp(row: Row, cfg: Any, model: nn.Module, device: torch.device) ->
 
 def _measure_full_row(row: Row, cfg: Any, registry: Any, data: dict, s: FullSettings, device: torch.device) -> None:
     model, optim_wrapper = _build(row, cfg, registry, device)
-    stepper = _wrap_for_ddp(row, cfg, model, device) if _world_size() else model
+    stepper = _wrap_for_ddp(row, cfg, model, device)
     record(row, measure(lambda: stepper.train_step(data, optim_wrapper), s.warmup, s.iters, device))
     x = torch.randn(row.batch, 3, row.input, row.input, device=device)
 
@@ -255,11 +258,22 @@ def prepare_full(s: FullSettings) -> FullSetup:
 
 
 def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time ``model.train_step`` of a config's model (random init, random data), once per backbone impl."""
+    """Time ``model.train_step`` of a config's model (random init, random data), once per backbone impl.
+    Under torchrun, the report's ``rank`` says which process it is (rank 0 reports); the process group this
+    joined is left on return."""
+    try:
+        return _full_benchmark(s, log)
+    finally:
+        if _world_size():
+            torch.distributed.destroy_process_group()
+
+
+def _full_benchmark(s: FullSettings, log: Callable[[str], None]) -> dict[str, Any]:
     setup = prepare_full(s)
     cfg, registry, data, device, size, n = setup.cfg, setup.registry, setup.data, setup.device, setup.size, setup.n
     world = _world_size()
-    if world and torch.distributed.get_rank() != 0:
+    rank = torch.distributed.get_rank() if world else 0
+    if rank:
         log = _quiet
     arch = cfg.model.backbone.get('arch', 'custom')
     rows = []
@@ -280,7 +294,7 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
         if row.status == 'ok':
             try:
                 model, optim_wrapper = _build(row, cfg, registry, device)
-                stepper = _wrap_for_ddp(row, cfg, model, device) if world else model
+                stepper = _wrap_for_ddp(row, cfg, model, device)
                 row.extra['profile'] = profile_step(lambda: stepper.train_step(data, optim_wrapper), s.profile,
                                                     device)
             except Exception as err:  # the timing stands without its profile
@@ -289,7 +303,8 @@ def full_benchmark(s: FullSettings, log: Callable[[str], None] = print) -> dict[
             free_memory(device)
     settings = dict(asdict(s), task=setup.task, cudnn_benchmark=setup.cudnn_benchmark, img_size=size,
                     img_per_gpu=n, config_amp=setup.config_amp, ddp_processes=world)
-    return dict(kind='full', env=environment(device), settings=settings, rows=[asdict(row) for row in rows])
+    return dict(kind='full', env=environment(device), settings=settings, rows=[asdict(row) for row in rows],
+                rank=rank)
 
 
 def _quiet(line: str) -> None:

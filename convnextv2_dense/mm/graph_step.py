@@ -260,11 +260,9 @@ class GraphedTrainStep:
 
         optim_wrapper.zero_grad()  # grads None: the graph allocates its own, overwritten at every replay
         graph = self.graph_factory()
-        stream = self._side_stream(self._inputs.device)
-        if sync is None:
-            self._log_vars = graph.capture(body, stream=stream)
-        else:  # NCCL's watchdog thread queries events while this thread captures
-            self._log_vars = graph.capture(body, stream=stream, capture_error_mode='thread_local')
+        # under DDP, NCCL's watchdog thread queries events while this thread captures
+        self._log_vars = graph.capture(body, stream=self._side_stream(self._inputs.device),
+                                       capture_error_mode='global' if sync is None else 'thread_local')
         self._grads = [(p, p.grad) for group in optim_wrapper.param_groups for p in group['params']
                        if p.grad is not None]
         self.graph = graph

@@ -3,8 +3,8 @@
 Same modules, parameters, losses, logs and checkpoints as ``EncoderDecoder`` (it is a subclass; only
 ``train_step`` differs, see :mod:`.graph_step`). ``cuda_graph=False`` gives the stock step back;
 ``cuda_graph=dict(warmup_iters=N)`` sets the eager iterations before the capture. Inference, testing and
-the CPU run exactly as ``EncoderDecoder``; multi-process training keeps the graph step when the config's
-``model_wrapper_cfg`` is ``GraphedDistributedDataParallel`` (:mod:`.graph_ddp`), else it is mmengine's DDP step.
+the CPU run exactly as ``EncoderDecoder``; multi-process training runs mmengine's DDP step (the wrapper that
+would keep the graph step, :mod:`.graph_ddp`, does not capture on a GPU yet).
 """
 from __future__ import annotations
 

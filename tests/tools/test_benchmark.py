@@ -159,7 +159,8 @@ def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
     cfg = Config.fromfile('configs/upernet_convnextv2_atto_ade20k.py')
     cfg.model_wrapper_cfg = dict(type='GraphedDistributedDataParallel')
     built = []
-    with mock.patch('mmengine.registry.MODEL_WRAPPERS.build', side_effect=built.append):
+    with mock.patch('mmengine.registry.MODEL_WRAPPERS.build', side_effect=built.append), \
+            mock.patch.object(full, '_world_size', return_value=2):  # as under torchrun
         for impl in ('stock', 'ours', 'hf'):
             full._wrap_for_ddp(Row(impl, 'atto', 64, 2, 'train'), cfg, 'MODEL', full.torch.device('cpu'))
     assert [b['type'] for b in built] == ['MMDistributedDataParallel', 'GraphedDistributedDataParallel',
