@@ -24,7 +24,7 @@ from torch import nn
 from ..mm.fast_det import STOCK_TYPES as FAST_DET_STOCK_TYPES
 from ..mm.fast_heads import STOCK_TYPES as FAST_HEAD_STOCK_TYPES
 from .impls import FULL_IMPLS, HFBackbone, installed
-from .profiling import format_profile, profile_step
+from .profiling import format_profile, profile_step, sync_sites
 from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
                      status_of)
 
@@ -295,8 +295,10 @@ def _full_benchmark(s: FullSettings, log: Callable[[str], None]) -> dict[str, An
             try:
                 model, optim_wrapper = _build(row, cfg, registry, device)
                 stepper = _wrap_for_ddp(row, cfg, model, device)
-                row.extra['profile'] = profile_step(lambda: stepper.train_step(data, optim_wrapper), s.profile,
-                                                    device)
+                def step() -> None:
+                    stepper.train_step(data, optim_wrapper)
+                row.extra['profile'] = profile_step(step, s.profile, device)
+                row.extra['profile']['sync_sites'] = sync_sites(step, device)
             except Exception as err:  # the timing stands without its profile
                 row.extra['profile_status'] = status_of(err)
             model = optim_wrapper = stepper = None

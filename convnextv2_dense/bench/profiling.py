@@ -1,13 +1,18 @@
-"""Where a training step's time goes: GPU busy time against wall time, launches, top kernels, top host ops.
+"""Where a training step's time goes: GPU busy time against wall time, launches, top kernels, top host ops,
+and the lines of Python that make the host wait for the GPU.
 
 :func:`profile_step` runs a step under ``torch.profiler`` and :func:`format_profile` prints what it found
 as markdown. GPU busy time is the union of the device intervals (kernels, copies, memsets) per step, so a
 step whose busy time is far under its wall time waits on the host (Python, launches, synchronisations).
+:func:`sync_sites` runs one more step in torch's CUDA sync debug mode and counts, per calling line, the
+operations that synchronised (``.item()``, boolean indexing, ``nonzero``, copies from pageable memory).
 """
 from __future__ import annotations
 
+import os
 import time
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +73,48 @@ def profile_step(step: Callable[[], object], iters: int, device: torch.device, w
     return summarize(prof.events(), iters, wall_ms, device.type == 'cuda')
 
 
+def sync_sites(step: Callable[[], object], device: torch.device) -> list[list] | None:
+    """The lines that made one call of ``step`` wait for the GPU: ``[[file:line, count], ...]``, most first,
+    from torch's CUDA sync debug mode (None off CUDA)."""
+    if device.type != 'cuda':
+        return None
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode('warn')
+    try:
+        sites = count_sync_warnings(step)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    synchronize(device)
+    return sites
+
+
+# What torch's sync debug mode warns at each synchronising call (c10/cuda/CUDAFunctions.cpp).
+SYNC_WARNING = 'called a synchronizing CUDA operation'
+
+
+def count_sync_warnings(step: Callable[[], object]) -> list[list]:
+    """Run ``step`` once; count its sync debug warnings by the Python line they point at (most first, then
+    by name; at most ``TOP`` lines, the rest summed as ``other``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        step()
+    counts = Counter(f'{_site_path(w.filename)}:{w.lineno}' for w in caught if SYNC_WARNING in str(w.message))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    top = [[site, n] for site, n in ranked[:TOP]]
+    rest = sum(n for _, n in ranked[TOP:])
+    return top + ([['other', rest]] if rest else [])
+
+
+def _site_path(filename: str) -> str:
+    """A file name without the install prefix: ``mmdet/models/...`` rather than ``/usr/lib/.../mmdet/...``."""
+    norm = filename.replace(os.sep, '/')
+    for marker in ('site-packages/', 'dist-packages/'):
+        if marker in norm:
+            return norm.rsplit(marker, 1)[1]
+    root = os.getcwd().replace(os.sep, '/') + '/'
+    return norm[len(root):] if norm.startswith(root) else norm
+
+
 def summarize(events: list, iters: int, wall_ms: float, cuda: bool) -> dict[str, Any]:
     """Per-step totals of a profiler's event list (see :func:`profile_step`)."""
     intervals, kernels, host = [], defaultdict(lambda: [0.0, 0]), defaultdict(lambda: [0.0, 0])
@@ -113,5 +160,11 @@ def format_profile(title: str, prof: dict[str, Any]) -> list[str]:
             continue
         lines += [f'| {heading} | ms/step | calls/step |', '|---|---|---|']
         lines += [f'| `{_short(name)}` | {ms:.2f} | {calls:.0f} |' for name, ms, calls in prof[key]]
+        lines.append('')
+    sites = prof.get('sync_sites')
+    if sites:
+        lines += [f'host synchronisations of one step: {sum(n for _, n in sites)}, by calling line', '',
+                  '| line | syncs/step |', '|---|---|']
+        lines += [f'| `{_short(site)}` | {n} |' for site, n in sites]
         lines.append('')
     return lines

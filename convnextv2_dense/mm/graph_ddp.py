@@ -16,8 +16,9 @@ over a gloo group on the CPU, which does not wait for the GPU) before the step c
 capture or replay, and a capture that fails on any rank turns the graph off on every rank. Batches of
 different shapes on different ranks run the eager step everywhere.
 
-Status: on the CPU it trains to stock DDP's numbers (tests/mm/test_graph_ddp.py); on an H100 the capture
-failed even at one NCCL rank (docs/benchmarks.md), so no shipped config uses this wrapper yet.
+DDP is built on the graph step's side stream: the gradient accumulators it holds run on the stream they were
+made on, and the captured backward may not wait on the default stream (this failed every capture on an
+H100 until 2026-12-06's fix, docs/benchmarks.md).
 
 Everything else (a module without a graph step, gradient accumulation, a graph step turned off) is
 mmengine's ``MMDistributedDataParallel`` unchanged. Parameters that no rank used get a zero gradient (DDP
@@ -121,6 +122,15 @@ class GradientSync:
         return buckets
 
 
+def _graph_side_stream(module: torch.nn.Module) -> torch.cuda.Stream | None:
+    """The side stream of ``module``'s graph step on the module's GPU (None: no graph step, or not on a GPU)."""
+    step = getattr(module, 'graph_step', None)
+    param = next(module.parameters(), None)
+    if step is None or param is None or param.device.type != 'cuda':
+        return None
+    return step._side_stream(param.device)
+
+
 @functools.cache
 def graphed_ddp_class() -> type:
     """The wrapper class, made on first use (mmengine's wrappers are imported only then). The registry holds
@@ -137,7 +147,15 @@ def graphed_ddp_class() -> type:
 
         def __init__(self, module: torch.nn.Module, bucket_mb: float = 100, **kwargs: Any) -> None:
             import torch.distributed as dist
-            super().__init__(module=module, **kwargs)
+
+            from .graph_step import _on_stream
+            # DDP keeps every parameter's gradient accumulator alive, and an accumulator runs on the stream
+            # that was current when it was made. Made on the default stream, each one would make the
+            # captured backward (on the step's side stream) wait on the default stream, which a capture
+            # forbids ("operation would make the legacy stream depend on a capturing blocking stream"). So
+            # DDP is built on that side stream; eager steps on other streams only gain a stream wait.
+            with _on_stream(_graph_side_stream(module)):
+                super().__init__(module=module, **kwargs)
             control = None
             if dist.get_backend(self.process_group) != 'gloo':  # every rank builds the wrapper: a collective call
                 control = dist.new_group(dist.get_process_group_ranks(self.process_group), backend='gloo')

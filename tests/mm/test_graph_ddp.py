@@ -132,8 +132,6 @@ def test_two_ranks_equal_stock_ddp_and_agree_on_every_step():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-@pytest.mark.xfail(strict=True, reason='on an H100 (2026-12-06) the capture failed under DDP even at one rank '
-                   '("operation failed due to a previous error during capture"); the step fell back to eager')
 def test_one_nccl_rank_replays_the_real_graph_with_stock_ddp_numbers():
     (results,) = run_ranks(1, 'nccl', 'cuda', ['same shapes'])
     assert results['RESULT same shapes'].startswith('captured=True | disabled=None'), results
