@@ -29,6 +29,7 @@ model = dict(
     auxiliary_head=dict(type='FCNHeadFast', in_channels=512, in_index=2, channels=256, num_classes=num_classes,
                         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
     test_cfg=dict(mode='slide', crop_size=(512, 512), stride=(341, 341)))
-# Multi-GPU jobs (tools/dist_train.sh) use mmengine's DDP wrapper and its eager step. The graph step's DDP
-# wrapper (model_wrapper_cfg=dict(type='GraphedDistributedDataParallel'), convnextv2_dense.mm.graph_ddp) is
-# not used: its capture failed on an H100 (docs/benchmarks.md).
+# Multi-GPU jobs (tools/dist_train.sh): mmengine's DDP wrapper, except that it runs the graph step above with
+# the gradients averaged after backward (convnextv2_dense.mm.graph_ddp); a single process ignores this.
+model_wrapper_cfg = dict(type='GraphedDistributedDataParallel', broadcast_buffers=False,
+                         find_unused_parameters=False)

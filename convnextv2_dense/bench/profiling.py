@@ -10,7 +10,9 @@ operations that synchronised (``.item()``, boolean indexing, ``nonzero``, copies
 from __future__ import annotations
 
 import os
+import sys
 import time
+import traceback
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -93,26 +95,48 @@ SYNC_WARNING = 'called a synchronizing CUDA operation'
 
 
 def count_sync_warnings(step: Callable[[], object]) -> list[list]:
-    """Run ``step`` once; count its sync debug warnings by the Python line they point at (most first, then
-    by name; at most ``TOP`` lines, the rest summed as ``other``)."""
-    with warnings.catch_warnings(record=True) as caught:
+    """Run ``step`` once; count its sync debug warnings by calling line: the innermost frame outside torch
+    (``torch.unique`` in mmdet's sampler counts as the sampler's line). Most first, then by name; at most
+    ``TOP`` lines, the rest summed as ``other``."""
+    counts: Counter = Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if SYNC_WARNING in str(message):
+            counts[_calling_line(traceback.extract_stack()[:-1], f'{_site_path(filename)}:{lineno}')] += 1
+
+    with warnings.catch_warnings():
         warnings.simplefilter('always')
+        warnings.showwarning = record  # restored on exit
         step()
-    counts = Counter(f'{_site_path(w.filename)}:{w.lineno}' for w in caught if SYNC_WARNING in str(w.message))
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     top = [[site, n] for site, n in ranked[:TOP]]
     rest = sum(n for _, n in ranked[TOP:])
     return top + ([['other', rest]] if rest else [])
 
 
+def _calling_line(stack: list, fallback: str) -> str:
+    """``file:line`` of the innermost frame of ``stack`` that is neither torch's nor the warnings module's."""
+    for frame in reversed(stack):
+        if frame.filename == warnings.__file__:
+            continue
+        path = _site_path(frame.filename)
+        if not path.startswith(('torch/', '<frozen')):
+            return f'{path}:{frame.lineno}'
+    return fallback
+
+
 def _site_path(filename: str) -> str:
-    """A file name without the install prefix: ``mmdet/models/...`` rather than ``/usr/lib/.../mmdet/...``."""
+    """A file name without its import root: ``mmdet/models/...`` rather than ``/usr/lib/.../mmdet/...``
+    (the longest ``sys.path`` entry that holds it; else the working directory)."""
     norm = filename.replace(os.sep, '/')
+    roots = [p.replace(os.sep, '/').rstrip('/') + '/' for p in (*sys.path, os.getcwd()) if p]
+    for root in sorted(roots, key=len, reverse=True):
+        if norm.startswith(root):
+            return norm[len(root):]
     for marker in ('site-packages/', 'dist-packages/'):
         if marker in norm:
             return norm.rsplit(marker, 1)[1]
-    root = os.getcwd().replace(os.sep, '/') + '/'
-    return norm[len(root):] if norm.startswith(root) else norm
+    return norm
 
 
 def summarize(events: list, iters: int, wall_ms: float, cuda: bool) -> dict[str, Any]:

@@ -1,5 +1,11 @@
-"""mmdet's ``RandomSampler`` and ``FCNMaskHead`` with less host work per training step: the same sampling
-distribution and the same mask targets.
+"""mmdet's ``MaxIoUAssigner``, ``RandomSampler`` and ``FCNMaskHead`` with less host work per training step:
+the same assignments, the same sampling distribution and the same mask targets.
+
+- ``MaxIoUAssignerFast`` assigns without waiting for the GPU. mmdet's RPN assigner loops over the
+  ground-truth boxes for its low-quality matches, reading each box's best IoU on the host (one
+  synchronisation and a few launches per box: 160 of a Mask R-CNN step's 352 synchronisations at 4 images
+  of 20 boxes, docs/benchmarks.md), and picks its positives with boolean indexing (more). Here the same
+  rules run as whole-tensor operations: for each prior the last box that claims it wins, as in mmdet's loop.
 
 - ``RandomSamplerFast`` draws its random subset with a permutation made on the gallery's device. mmdet's
   draws the permutation on the CPU and copies it over (a CPU ``randperm`` of the RPN's ~250k anchors per
@@ -23,7 +29,44 @@ from typing import Any
 import torch
 from torch.nn.modules.utils import _pair
 
-STOCK_TYPES: dict[str, str] = {'RandomSamplerFast': 'RandomSampler', 'FCNMaskHeadFast': 'FCNMaskHead'}
+STOCK_TYPES: dict[str, str] = {'MaxIoUAssignerFast': 'MaxIoUAssigner', 'RandomSamplerFast': 'RandomSampler',
+                               'FCNMaskHeadFast': 'FCNMaskHead'}
+
+
+def max_iou_assign(overlaps: torch.Tensor, gt_labels: torch.Tensor, pos_iou_thr: float, neg_iou_thr: Any,
+                   min_pos_iou: float, match_low_quality: bool,
+                   gt_max_assign_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mmdet's ``MaxIoUAssigner.assign_wrt_overlaps`` for at least one box and one prior, with no host
+    synchronisation: ``(gt_inds, max_overlaps, labels)`` (1-based box index, 0 background, -1 ignored).
+
+    Args:
+        overlaps (Tensor): IoUs of the k ground-truth boxes with the n priors, (k, n).
+        gt_labels (Tensor): The boxes' labels, (k,).
+        pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality, gt_max_assign_all: as MaxIoUAssigner's.
+    """
+    num_gts, num_priors = overlaps.shape
+    max_overlaps, argmax_overlaps = overlaps.max(dim=0)
+    gt_max_overlaps, gt_argmax_overlaps = overlaps.max(dim=1)
+    gt_inds = overlaps.new_full((num_priors,), -1, dtype=torch.long)
+    if isinstance(neg_iou_thr, float):
+        gt_inds.masked_fill_((max_overlaps >= 0) & (max_overlaps < neg_iou_thr), 0)
+    elif isinstance(neg_iou_thr, tuple):
+        if len(neg_iou_thr) != 2:
+            raise ValueError(f'neg_iou_thr as a tuple is (low, high), got {neg_iou_thr}')
+        gt_inds.masked_fill_((max_overlaps >= neg_iou_thr[0]) & (max_overlaps < neg_iou_thr[1]), 0)
+    gt_inds = torch.where(max_overlaps >= pos_iou_thr, argmax_overlaps + 1, gt_inds)
+    if match_low_quality:
+        # each box with a good enough best IoU claims its best priors (all that tie, or its argmax); mmdet
+        # loops over the boxes in order, so where several claim one prior the last box wins
+        eligible = (gt_max_overlaps >= min_pos_iou)[:, None]
+        if gt_max_assign_all:
+            claims = (overlaps == gt_max_overlaps[:, None]) & eligible
+        else:
+            claims = torch.zeros_like(overlaps, dtype=torch.bool).scatter_(1, gt_argmax_overlaps[:, None], eligible)
+        from_last = claims.flip(0).to(torch.uint8).argmax(dim=0)  # argmax takes the first of equal values
+        gt_inds = torch.where(claims.any(dim=0), num_gts - from_last, gt_inds)
+    labels = torch.where(gt_inds > 0, gt_labels[(gt_inds - 1).clamp(min=0)].long(), gt_inds.new_tensor(-1))
+    return gt_inds, max_overlaps, labels
 
 
 def device_random_choice(gallery: torch.Tensor, num: int) -> torch.Tensor:
@@ -69,8 +112,22 @@ def mask_targets_single(boxes: torch.Tensor, gt_inds: torch.Tensor, gt_masks: An
 def det_classes() -> dict[str, type]:
     """The variants, built on first use (importing mmdet's classes only then)."""
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+    from mmdet.models.task_modules.assigners import AssignResult, MaxIoUAssigner
     from mmdet.models.task_modules.samplers import RandomSampler
     from mmdet.structures.mask import BitmapMasks
+
+    class MaxIoUAssignerFast(MaxIoUAssigner):
+        """mmdet's MaxIoUAssigner with no host synchronisation (convnextv2_dense.mm.fast_det); arguments as
+        MaxIoUAssigner."""
+
+        def assign_wrt_overlaps(self, overlaps, gt_labels):
+            if overlaps.numel() == 0:  # no box or no prior: mmdet's path, which has no synchronisation
+                return super().assign_wrt_overlaps(overlaps, gt_labels)
+            gt_inds, max_overlaps, labels = max_iou_assign(
+                overlaps, gt_labels, self.pos_iou_thr, self.neg_iou_thr, self.min_pos_iou,
+                self.match_low_quality, self.gt_max_assign_all)
+            return AssignResult(num_gts=overlaps.size(0), gt_inds=gt_inds, max_overlaps=max_overlaps,
+                                labels=labels)
 
     class RandomSamplerFast(RandomSampler):
         """mmdet's RandomSampler drawing on the gallery's device (convnextv2_dense.mm.fast_det); arguments as
@@ -95,9 +152,15 @@ def det_classes() -> dict[str, type]:
                        for res, masks in zip(sampling_results, gt_masks)]
             return torch.cat(targets) if targets else targets
 
-    for cls in (RandomSamplerFast, FCNMaskHeadFast):
+    classes = (MaxIoUAssignerFast, RandomSamplerFast, FCNMaskHeadFast)
+    for cls in classes:
         cls.__module__ = __name__
-    return {'RandomSamplerFast': RandomSamplerFast, 'FCNMaskHeadFast': FCNMaskHeadFast}
+    return {cls.__name__: cls for cls in classes}
+
+
+def build_max_iou_assigner_fast(**kwargs: Any):
+    """Registry entry for ``type='MaxIoUAssignerFast'`` (arguments as mmdet's MaxIoUAssigner)."""
+    return det_classes()['MaxIoUAssignerFast'](**kwargs)
 
 
 def build_random_sampler_fast(**kwargs: Any):

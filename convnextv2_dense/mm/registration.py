@@ -49,8 +49,10 @@ def _register(registry_module: ModuleType) -> None:
         from .graph_ddp import graphed_ddp_class
         MODEL_WRAPPERS.register_module('GraphedDistributedDataParallel', module=graphed_ddp_class(), force=True)
     if registry_module.__name__ == 'mmdet.registry':  # builders: mmdet's classes are imported on first build
-        from .fast_det import build_fcn_mask_head_fast, build_random_sampler_fast
+        from .fast_det import build_fcn_mask_head_fast, build_max_iou_assigner_fast, build_random_sampler_fast
         registry_module.MODELS.register_module('FCNMaskHeadFast', module=build_fcn_mask_head_fast, force=True)
+        registry_module.TASK_UTILS.register_module('MaxIoUAssignerFast', module=build_max_iou_assigner_fast,
+                                                   force=True)
         registry_module.TASK_UTILS.register_module('RandomSamplerFast', module=build_random_sampler_fast,
                                                    force=True)
     for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):

@@ -87,6 +87,7 @@ def test_dist_train_and_test_run_on_cpu_with_gloo(ade_root, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "'backend': 'gloo'" in proc.stdout + proc.stderr
+    assert "type='GraphedDistributedDataParallel'" in proc.stdout + proc.stderr  # the config's wrapper, on CPUs
     assert (tmp_path / 'iter_2.pth').is_file()
     proc = subprocess.run(['bash', 'tools/dist_test.sh', CONFIG, str(tmp_path / 'iter_2.pth'), '2',
                            '--work-dir', str(tmp_path / 'test'), *seg_options(ade_root)],

@@ -1,4 +1,5 @@
-"""RandomSamplerFast / FCNMaskHeadFast give mmdet's results: the same mask targets, the same sampling (CPU)."""
+"""MaxIoUAssignerFast / RandomSamplerFast / FCNMaskHeadFast give mmdet's results: the same assignments, the same
+mask targets, the same sampling (CPU)."""
 from __future__ import annotations
 
 import numpy as np
@@ -126,3 +127,61 @@ def test_on_the_gpu_the_targets_still_equal_mmdets_and_the_draws_stay_there():
     assert got.is_cuda and torch.equal(got, expected)
     chosen = device_random_choice(torch.arange(250_000, device='cuda'), 256)
     assert chosen.is_cuda and chosen.unique().numel() == 256
+
+
+def iou_case(seed: int, num_gts: int, num_priors: int, ties: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoUs, most of them low as for real anchors, optionally on a coarse grid (ties within a box's IoUs and
+    between boxes), and labels."""
+    gen = torch.Generator().manual_seed(seed)
+    overlaps = torch.rand(num_gts, num_priors, generator=gen) ** 3
+    if ties:
+        overlaps = (overlaps * 8).floor() / 8
+    return overlaps, torch.randint(0, 80, (num_gts,), generator=gen)
+
+
+ASSIGNERS = [
+    dict(pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3, match_low_quality=True, ignore_iof_thr=-1),  # RPN
+    dict(pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, match_low_quality=False, ignore_iof_thr=-1),  # RoI
+    dict(pos_iou_thr=0.6, neg_iou_thr=(0.1, 0.4), min_pos_iou=0.2, match_low_quality=True,
+         gt_max_assign_all=False),
+    dict(pos_iou_thr=0.95, neg_iou_thr=0.05, min_pos_iou=0.0, match_low_quality=True),  # every box claims
+]
+
+
+@pytest.mark.parametrize('options', ASSIGNERS)
+@pytest.mark.parametrize('shape', [(1, 50), (7, 300), (40, 120), (0, 30), (5, 0)])
+@pytest.mark.parametrize('ties', [False, True])
+def test_max_iou_assigner_fast_equals_mmdets(options, shape, ties):
+    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
+    fast = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
+    assert isinstance(fast, type(stock)) and type(fast).__name__ == 'MaxIoUAssignerFast'
+    for seed in range(3):
+        overlaps, labels = iou_case(seed, *shape, ties)
+        want = stock.assign_wrt_overlaps(overlaps.clone(), labels)
+        got = fast.assign_wrt_overlaps(overlaps.clone(), labels)
+        assert got.num_gts == want.num_gts
+        for name in ('gt_inds', 'max_overlaps', 'labels'):
+            assert getattr(got, name).dtype == getattr(want, name).dtype, name
+            assert torch.equal(getattr(got, name), getattr(want, name)), (name, seed)
+        if shape == (40, 120) and ties and options['match_low_quality']:
+            # the case that matters: priors claimed by several boxes, which the last box wins
+            claimed = (overlaps == overlaps.max(dim=1, keepdim=True).values).sum(dim=0)
+            assert (claimed > 1).any()
+        if shape == (7, 300) and options is ASSIGNERS[0]:  # the RPN's: positives, negatives and ignored occur
+            assert (got.gt_inds > 0).any() and (got.gt_inds == 0).any() and (got.gt_inds == -1).any()
+
+
+def test_max_iou_assigner_fast_takes_mmdets_assign_path_with_boxes():
+    """The whole ``assign`` (IoU of boxes, then the assignment), as the RPN calls it."""
+    options = ASSIGNERS[0]
+    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
+    fast = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
+    gen = torch.Generator().manual_seed(0)
+    xy = torch.rand(200, 2, generator=gen) * 100
+    priors = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=gen) * 30], dim=1)
+    gt = priors[torch.randperm(200, generator=gen)[:6]] + torch.randn(6, 4, generator=gen)
+    pred = InstanceData(priors=priors)
+    truth = InstanceData(bboxes=gt, labels=torch.arange(6))
+    want, got = stock.assign(pred, truth), fast.assign(pred, truth)
+    assert torch.equal(got.gt_inds, want.gt_inds) and torch.equal(got.labels, want.labels)
+    assert (got.gt_inds > 0).sum() >= 6  # every box got at least its best prior

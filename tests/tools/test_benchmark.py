@@ -94,10 +94,16 @@ def test_stock_components_undo_our_detection_variants():
     from convnextv2_dense.bench.full import stock_components
     model = Config.fromfile('configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py').model
     samplers = lambda m: (m.train_cfg.rpn.sampler.type, m.train_cfg.rcnn.sampler.type)  # noqa: E731
+    assigners = lambda m: (m.train_cfg.rpn.assigner.type, m.train_cfg.rcnn.assigner.type)  # noqa: E731
     assert (model.roi_head.mask_head.type, samplers(model)) == ('FCNMaskHeadFast', ('RandomSamplerFast',) * 2)
+    assert assigners(model) == ('MaxIoUAssignerFast',) * 2
     stock = stock_components(model)
     assert (stock.roi_head.mask_head.type, samplers(stock)) == ('FCNMaskHead', ('RandomSampler',) * 2)
+    assert assigners(stock) == ('MaxIoUAssigner',) * 2
     assert stock.train_cfg.rcnn.sampler.num == model.train_cfg.rcnn.sampler.num == 512
+    # the rest of mmdet's assigner settings stay: the RPN's low-quality matches, the RoI head's thresholds
+    assert stock.train_cfg.rpn.assigner.match_low_quality and model.train_cfg.rpn.assigner.match_low_quality
+    assert model.train_cfg.rcnn.assigner.pos_iou_thr == 0.5
 
 
 def test_full_iteration_handles_cascades_list_of_bbox_heads(tmp_path):
@@ -157,7 +163,6 @@ def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
     from convnextv2_dense.bench import full
     from convnextv2_dense.bench.timing import Row
     cfg = Config.fromfile('configs/upernet_convnextv2_atto_ade20k.py')
-    cfg.model_wrapper_cfg = dict(type='GraphedDistributedDataParallel')
     built = []
     with mock.patch('mmengine.registry.MODEL_WRAPPERS.build', side_effect=built.append), \
             mock.patch.object(full, '_world_size', return_value=2):  # as under torchrun

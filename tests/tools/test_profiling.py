@@ -27,7 +27,7 @@ def test_sync_warnings_are_counted_per_line_most_first():
         warnings.simplefilter('error')  # the caller's filters are restored and do not hide the count
         sites = count_sync_warnings(step)
     sync_line = _sync.__code__.co_firstlineno + 2
-    assert sites == [[f'tests/tools/test_profiling.py:{sync_line}', 4]]
+    assert sites == [[f'{profiling._site_path(__file__)}:{sync_line}', 4]]  # this file, from its import root
 
 
 def test_lines_beyond_the_top_are_summed_as_other(monkeypatch):
@@ -37,6 +37,17 @@ def test_lines_beyond_the_top_are_summed_as_other(monkeypatch):
     sites = count_sync_warnings(lambda: exec(code, {'warnings': warnings}))
     # three lines: the busiest first, then by name; the third summed (the install prefix left out)
     assert sites == [['mmdet/fake.py:3', 3], ['mmdet/fake.py:1', 1], ['other', 1]]
+
+
+def test_a_sync_inside_torch_counts_at_its_caller():
+    # torch.unique called from mmdet's sampler: the warning points into torch, the count goes to the sampler
+    inner = compile(f'def unique():\n    warnings.warn({SYNC_WARNING!r})\n',
+                    '/opt/venv/lib/python3.12/site-packages/torch/functional.py', 'exec')
+    namespace = {'warnings': warnings}
+    exec(inner, namespace)
+    outer = compile('unique()\nunique()\n', '/opt/venv/lib/python3.12/site-packages/mmdet/sampler.py', 'exec')
+    assert count_sync_warnings(lambda: exec(outer, namespace)) == [['mmdet/sampler.py:1', 1],
+                                                                    ['mmdet/sampler.py:2', 1]]
 
 
 def test_off_cuda_there_is_no_sync_count_and_the_table_is_left_out():
