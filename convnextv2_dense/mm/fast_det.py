@@ -65,7 +65,8 @@ def max_iou_assign(overlaps: torch.Tensor, gt_labels: torch.Tensor, pos_iou_thr:
             claims = torch.zeros_like(overlaps, dtype=torch.bool).scatter_(1, gt_argmax_overlaps[:, None], eligible)
         from_last = claims.flip(0).to(torch.uint8).argmax(dim=0)  # argmax takes the first of equal values
         gt_inds = torch.where(claims.any(dim=0), num_gts - from_last, gt_inds)
-    labels = torch.where(gt_inds > 0, gt_labels[(gt_inds - 1).clamp(min=0)].long(), gt_inds.new_tensor(-1))
+    # (a -1 made with new_tensor would be a host-to-device copy, a synchronisation)
+    labels = gt_labels[(gt_inds - 1).clamp(min=0)].long().masked_fill(gt_inds <= 0, -1)
     return gt_inds, max_overlaps, labels
 
 
