@@ -185,3 +185,20 @@ def test_max_iou_assigner_fast_takes_mmdets_assign_path_with_boxes():
     want, got = stock.assign(pred, truth), fast.assign(pred, truth)
     assert torch.equal(got.gt_inds, want.gt_inds) and torch.equal(got.labels, want.labels)
     assert (got.gt_inds > 0).sum() >= 6  # every box got at least its best prior
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_on_the_gpu_the_assigner_equals_mmdets_without_a_host_synchronisation():
+    options = ASSIGNERS[0]
+    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
+    fast = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
+    overlaps, labels = (t.cuda() for t in iou_case(0, 20, 5000, ties=True))
+    want = stock.assign_wrt_overlaps(overlaps, labels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')  # any synchronising call raises
+    try:
+        got = fast.assign_wrt_overlaps(overlaps, labels)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for name in ('gt_inds', 'max_overlaps', 'labels'):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
