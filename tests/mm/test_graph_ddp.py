@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,45 @@ def test_cpu_adaptation_keeps_the_configs_wrapper():
     cfg = Config(dict(launcher='pytorch', model=dict(type='EncoderDecoder')))
     adapt_to_cpu(cfg)
     assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', device_ids=None)
+
+
+def test_ddp_is_built_on_the_graph_steps_side_stream(monkeypatch):
+    """DDP keeps each parameter's gradient accumulator, which runs on the stream current at DDP's construction:
+    on the default stream, a captured backward would wait on it, which a capture forbids (every capture failed
+    on an H100 until DDP was built on the graph step's side stream). The GPU test shows the capture; this
+    shows the order on any machine."""
+    from mmengine.model import MMDistributedDataParallel
+
+    from convnextv2_dense.mm import graph_ddp, graph_step
+    side, entered, seen = object(), [], []
+
+    @contextmanager
+    def recording_on_stream(stream):
+        entered.append(stream)
+        yield
+        entered.append('left')
+
+    def fake_ddp_init(self, module, **kwargs):  # stands in for DDP: records the stream context it runs in
+        seen.append(list(entered))
+        torch.nn.Module.__init__(self)
+        self.module, self.process_group = module, None
+
+    monkeypatch.setattr(graph_step, '_on_stream', recording_on_stream)
+    monkeypatch.setattr(graph_ddp, '_graph_side_stream', lambda module: side)
+    monkeypatch.setattr(MMDistributedDataParallel, '__init__', fake_ddp_init)
+    monkeypatch.setattr(torch.distributed, 'get_backend', lambda group=None: 'gloo')
+    wrapper = graph_ddp.graphed_ddp_class()(module=torch.nn.Linear(2, 2))
+    assert seen == [[side]] and entered == [side, 'left']  # built inside the side stream's context
+    assert wrapper.gradient_sync.control_group is None  # gloo: the agreements use the gradients' group
+
+
+def test_the_side_stream_is_the_graph_steps_own_and_none_off_the_gpu():
+    from convnextv2_dense.mm.graph_ddp import _graph_side_stream
+    from convnextv2_dense.mm.graph_step import GraphedTrainStep
+    module = torch.nn.Linear(2, 2)
+    assert _graph_side_stream(module) is None  # no graph step
+    module.graph_step = GraphedTrainStep()
+    assert _graph_side_stream(module) is None  # on the CPU
+    if torch.cuda.is_available():
+        module.cuda()
+        assert _graph_side_stream(module) is module.graph_step._side_stream(torch.device('cuda', 0))
