@@ -3,8 +3,8 @@
 Same modules, parameters, losses, logs and checkpoints as ``EncoderDecoder`` (it is a subclass; only
 ``train_step`` differs, see :mod:`.graph_step`). ``cuda_graph=False`` gives the stock step back;
 ``cuda_graph=dict(warmup_iters=N)`` sets the eager iterations before the capture. Inference, testing and
-the CPU run exactly as ``EncoderDecoder``; multi-process training runs mmengine's DDP step (the wrapper that
-would keep the graph step, :mod:`.graph_ddp`, does not capture on a GPU yet).
+the CPU run exactly as ``EncoderDecoder``. Multi-process training keeps the graph step through the configs'
+DDP wrapper, ``GraphedDistributedDataParallel`` (:mod:`.graph_ddp`); mmengine's own wrapper runs its eager step.
 """
 from __future__ import annotations
 
