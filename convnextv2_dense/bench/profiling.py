@@ -98,11 +98,13 @@ def count_sync_warnings(step: Callable[[], object]) -> list[list]:
     """Run ``step`` once; count its sync debug warnings by calling line: the innermost frame outside torch
     (``torch.unique`` in mmdet's sampler counts as the sampler's line). Most first, then by name; at most
     ``TOP`` lines, the rest summed as ``other``."""
+    roots = _import_roots()
     counts: Counter = Counter()
 
     def record(message, category, filename, lineno, file=None, line=None) -> None:
         if SYNC_WARNING in str(message):
-            counts[_calling_line(traceback.extract_stack()[:-1], f'{_site_path(filename)}:{lineno}')] += 1
+            counts[_calling_line(traceback.extract_stack()[:-1], roots) or
+                   f'{_site_path(filename, roots)}:{lineno}'] += 1
 
     with warnings.catch_warnings():
         warnings.simplefilter('always')
@@ -114,23 +116,28 @@ def count_sync_warnings(step: Callable[[], object]) -> list[list]:
     return top + ([['other', rest]] if rest else [])
 
 
-def _calling_line(stack: list, fallback: str) -> str:
+def _calling_line(stack: list, roots: list[str]) -> str | None:
     """``file:line`` of the innermost frame of ``stack`` that is neither torch's nor the warnings module's."""
     for frame in reversed(stack):
         if frame.filename == warnings.__file__:
             continue
-        path = _site_path(frame.filename)
+        path = _site_path(frame.filename, roots)
         if not path.startswith(('torch/', '<frozen')):
             return f'{path}:{frame.lineno}'
-    return fallback
+    return None
 
 
-def _site_path(filename: str) -> str:
+def _import_roots() -> list[str]:
+    """The ``sys.path`` entries and the working directory, longest first, each ending in '/'."""
+    roots = {p.replace(os.sep, '/').rstrip('/') + '/' for p in (*sys.path, os.getcwd()) if p}
+    return sorted(roots, key=len, reverse=True)
+
+
+def _site_path(filename: str, roots: list[str]) -> str:
     """A file name without its import root: ``mmdet/models/...`` rather than ``/usr/lib/.../mmdet/...``
-    (the longest ``sys.path`` entry that holds it; else the working directory)."""
+    (the longest of ``roots`` that holds it; else what follows site-packages)."""
     norm = filename.replace(os.sep, '/')
-    roots = [p.replace(os.sep, '/').rstrip('/') + '/' for p in (*sys.path, os.getcwd()) if p]
-    for root in sorted(roots, key=len, reverse=True):
+    for root in roots:
         if norm.startswith(root):
             return norm[len(root):]
     for marker in ('site-packages/', 'dist-packages/'):
