@@ -128,7 +128,7 @@ def _graph_side_stream(module: torch.nn.Module) -> torch.cuda.Stream | None:
     param = next(module.parameters(), None)
     if step is None or param is None or param.device.type != 'cuda':
         return None
-    return step._side_stream(param.device)
+    return step.side_stream(param.device)
 
 
 @functools.cache
@@ -148,13 +148,13 @@ def graphed_ddp_class() -> type:
         def __init__(self, module: torch.nn.Module, bucket_mb: float = 100, **kwargs: Any) -> None:
             import torch.distributed as dist
 
-            from .graph_step import _on_stream
+            from .graph_step import on_stream
             # DDP keeps every parameter's gradient accumulator alive, and an accumulator runs on the stream
             # that was current when it was made. Made on the default stream, each one would make the
             # captured backward (on the step's side stream) wait on the default stream, which a capture
             # forbids ("operation would make the legacy stream depend on a capturing blocking stream"). So
             # DDP is built on that side stream; eager steps on other streams only gain a stream wait.
-            with _on_stream(_graph_side_stream(module)):
+            with on_stream(_graph_side_stream(module)):
                 super().__init__(module=module, **kwargs)
             control = None
             if dist.get_backend(self.process_group) != 'gloo':  # every rank builds the wrapper: a collective call

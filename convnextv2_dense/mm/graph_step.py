@@ -38,7 +38,7 @@ from .graph_ddp import signature_key
 if TYPE_CHECKING:
     from .graph_ddp import GradientSync
 
-__all__ = ['GraphedTrainStep', 'batch_signature', 'eager_train_step']
+__all__ = ['GraphedTrainStep', 'batch_signature', 'eager_train_step', 'on_stream']
 
 
 def eager_train_step(model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
@@ -127,7 +127,7 @@ def release_rng_from_failed_capture(stream: torch.cuda.Stream | None = None) -> 
 
 
 @contextmanager
-def _on_stream(side: torch.cuda.Stream | None) -> Iterator[None]:
+def on_stream(side: torch.cuda.Stream | None) -> Iterator[None]:
     """Run the body on ``side`` (ordered after the current stream's work, and it after the body's)."""
     if side is None:
         yield
@@ -212,7 +212,7 @@ class GraphedTrainStep:
             self._reset(signature)
         if self.graph is None and self.seen < self.warmup_iters:
             self.seen += 1
-            with _on_stream(self._side_stream(inputs.device)):
+            with on_stream(self.side_stream(inputs.device)):
                 return eager_train_step(model, data, optim_wrapper, sync)
         if self.graph is None:
             error = None
@@ -233,7 +233,9 @@ class GraphedTrainStep:
         self.graph.replay()
         return self._step(optim_wrapper, sync)
 
-    def _side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
+    def side_stream(self, device: torch.device) -> torch.cuda.Stream | None:
+        """The one stream the warm-ups and the capture run on, for ``device`` (None off CUDA). DDP is built on it
+        too (:mod:`.graph_ddp`)."""
         if device.type != 'cuda':
             return None
         if self._stream is None or self._stream.device != device:
@@ -261,7 +263,7 @@ class GraphedTrainStep:
         optim_wrapper.zero_grad()  # grads None: the graph allocates its own, overwritten at every replay
         graph = self.graph_factory()
         # under DDP, NCCL's watchdog thread queries events while this thread captures
-        self._log_vars = graph.capture(body, stream=self._side_stream(self._inputs.device),
+        self._log_vars = graph.capture(body, stream=self.side_stream(self._inputs.device),
                                        capture_error_mode='global' if sync is None else 'thread_local')
         self._grads = [(p, p.grad) for group in optim_wrapper.param_groups for p in group['params']
                        if p.grad is not None]

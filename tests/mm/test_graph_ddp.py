@@ -204,7 +204,7 @@ def test_ddp_is_built_on_the_graph_steps_side_stream(monkeypatch):
         torch.nn.Module.__init__(self)
         self.module, self.process_group = module, None
 
-    monkeypatch.setattr(graph_step, '_on_stream', recording_on_stream)
+    monkeypatch.setattr(graph_step, 'on_stream', recording_on_stream)
     monkeypatch.setattr(graph_ddp, '_graph_side_stream', lambda module: side)
     monkeypatch.setattr(MMDistributedDataParallel, '__init__', fake_ddp_init)
     monkeypatch.setattr(torch.distributed, 'get_backend', lambda group=None: 'gloo')
@@ -222,4 +222,4 @@ def test_the_side_stream_is_the_graph_steps_own_and_none_off_the_gpu():
     assert _graph_side_stream(module) is None  # on the CPU
     if torch.cuda.is_available():
         module.cuda()
-        assert _graph_side_stream(module) is module.graph_step._side_stream(torch.device('cuda', 0))
+        assert _graph_side_stream(module) is module.graph_step.side_stream(torch.device('cuda', 0))

@@ -255,7 +255,7 @@ def test_warm_ups_and_capture_share_one_side_stream(monkeypatch):
     # against 5.5 eager for UperNet-B on an H100 (docs/benchmarks.md)
     from convnextv2_dense.mm import graph_step
     streams = []
-    on_stream, capture = graph_step._on_stream, graph_step.CudaGraph.capture
+    on_stream, capture = graph_step.on_stream, graph_step.CudaGraph.capture
 
     def recording_on_stream(side):
         streams.append(side)
@@ -264,7 +264,7 @@ def test_warm_ups_and_capture_share_one_side_stream(monkeypatch):
     def recording_capture(self, body, stream=None, capture_error_mode='global'):
         streams.append(stream)
         return capture(self, body, stream, capture_error_mode)
-    monkeypatch.setattr(graph_step, '_on_stream', recording_on_stream)
+    monkeypatch.setattr(graph_step, 'on_stream', recording_on_stream)
     monkeypatch.setattr(graph_step.CudaGraph, 'capture', recording_capture)
     graphed = build(dict(warmup_iters=3), device='cuda')
     train(graphed, optim(graphed), [batch(s) for s in range(5)])
