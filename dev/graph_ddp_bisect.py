@@ -47,10 +47,8 @@ def worker(variant: str) -> None:
 
     class LoggedGraph(graph_step.CudaGraph):
         def capture(self, body, stream=None, capture_error_mode='global'):
-            if variant in ('pg-threadlocal',):
-                capture_error_mode = 'thread_local'
-            if variant == 'wrapper-global':
-                capture_error_mode = 'global'
+            capture_error_mode = {'pg-threadlocal': 'thread_local', 'wrapper-global': 'global'}.get(
+                variant, capture_error_mode)
             try:
                 return super().capture(body, stream, capture_error_mode)
             except Exception:
@@ -99,9 +97,8 @@ def worker(variant: str) -> None:
             runner.gradient_sync.reduce = lambda params: None
     for step in range(5):
         g = torch.Generator().manual_seed(step)
-        data = dict(inputs=[torch.randn(3, 32, 32, generator=g) for _ in range(2)],
-                    data_samples=[torch.randint(0, 4, (32, 32), generator=g) for _ in range(2)])
-        data = dict(inputs=torch.stack(data['inputs']), data_samples=data['data_samples'])
+        data = dict(inputs=torch.randn(2, 3, 32, 32, generator=g),
+                    data_samples=list(torch.randint(0, 4, (2, 32, 32), generator=g)))
         log = runner.train_step(data, optim_wrapper)
     torch.cuda.synchronize()
     stepper = model.graph_step
