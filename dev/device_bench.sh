@@ -17,9 +17,10 @@
 # BACKBONE_ARGS / FULL_ARGS (extra arguments for tools/benchmark.py, e.g. "--iters 50"), LOG_DIR (stderr
 # of each step, default /tmp/device_bench_logs), BB_IMPLS / FULL_IMPLS (the rows; defaults below),
 # MMCV_WHEEL_OUT (copy the mmcv wheel built by the mmcv step there, to carry into a later run). The device image
-# lacks these pure-Python needs of the mm packages (carry their wheels too): addict yapf platformdirs termcolor
-# terminaltables pycocotools shapely prettytable ftfy wcwidth; it has opencv-python-headless, timm, scipy, rich. $OUT gets one
-# JSON per benchmark step and summary.md (every table, and the log tail of each failed step).
+# lacks these pure-Python needs of the mm packages (carry their wheels too): addict yapf platformdirs
+# termcolor terminaltables pycocotools shapely prettytable ftfy wcwidth; it has opencv-python-headless, timm,
+# scipy, rich. $OUT gets one JSON per benchmark step and summary.md (every table, and the log tail of each
+# failed step).
 set -u
 
 OUT=${OUT:-./bench_out}
