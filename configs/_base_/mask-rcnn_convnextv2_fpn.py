@@ -17,10 +17,17 @@ model = dict(
         # compile=True compiles training steps only (DYNAMO_CACHE_SIZE_LIMIT is honoured).
         compile=False),
     neck=dict(in_channels=[128, 256, 512, 1024]),
-    # mmdet's FCNMaskHead, MaxIoUAssigner and RandomSampler with less host work per step: the same mask
-    # targets bit for bit, the same assignments without host synchronisations, the same sampling
-    # distribution from the GPU's random stream (convnextv2_dense.mm.fast_det).
-    roi_head=dict(mask_head=dict(type='FCNMaskHeadFast')),
-    train_cfg=dict(rpn=dict(assigner=dict(type='MaxIoUAssignerFast'), sampler=dict(type='RandomSamplerFast')),
-                   rcnn=dict(assigner=dict(type='MaxIoUAssignerFast'), sampler=dict(type='RandomSamplerFast'))),
+    # mmdet's components with less host work per step (convnextv2_dense.mm.fast_det and .fast_boxes): the
+    # same anchors, box deltas, IoUs, RPN targets, RoI features and mask targets bit for bit, the same assignments without host
+    # synchronisations, the same sampling distribution from the GPU's random stream.
+    rpn_head=dict(type='RPNHeadFast', anchor_generator=dict(type='AnchorGeneratorFast'),
+                  bbox_coder=dict(type='DeltaXYWHBBoxCoderFast')),
+    roi_head=dict(bbox_roi_extractor=dict(type='SingleRoIExtractorFast'),
+                  bbox_head=dict(bbox_coder=dict(type='DeltaXYWHBBoxCoderFast')),
+                  mask_roi_extractor=dict(type='SingleRoIExtractorFast'), mask_head=dict(type='FCNMaskHeadFast')),
+    train_cfg=dict(
+        rpn=dict(assigner=dict(type='MaxIoUAssignerFast', iou_calculator=dict(type='BboxOverlaps2DFast')),
+                 sampler=dict(type='RandomSamplerFast')),
+        rcnn=dict(assigner=dict(type='MaxIoUAssignerFast', iou_calculator=dict(type='BboxOverlaps2DFast')),
+                  sampler=dict(type='RandomSamplerFast'))),
     test_cfg=dict(rcnn=dict(nms=dict(type='soft_nms', iou_threshold=0.5))))

@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..mm.fast_boxes import STOCK_TYPES as FAST_BOX_STOCK_TYPES
 from ..mm.fast_det import STOCK_TYPES as FAST_DET_STOCK_TYPES
 from ..mm.fast_heads import STOCK_TYPES as FAST_HEAD_STOCK_TYPES
 from .impls import FULL_IMPLS, HFBackbone, installed
 from .profiling import format_profile, profile_step, sync_sites
+from .sync_ops import would_sync_sites
 from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
                      status_of)
 
@@ -74,7 +76,7 @@ class FullSettings:
 
 # our mm variants -> the stock types they derive from; and the options the stock types do not have
 STOCK_TYPES: dict[str, str] = {'GraphedEncoderDecoder': 'EncoderDecoder', **FAST_HEAD_STOCK_TYPES,
-                               **FAST_DET_STOCK_TYPES}
+                               **FAST_DET_STOCK_TYPES, **FAST_BOX_STOCK_TYPES}
 NON_STOCK_OPTIONS = ('fused', 'cuda_graph')
 FUSED_BLOCK = {'stock': False, 'ours-plain': False, 'ours-fused': True}  # rows that set the backbone's fused_block
 
@@ -298,7 +300,9 @@ def _full_benchmark(s: FullSettings, log: Callable[[str], None]) -> dict[str, An
                 def step() -> None:
                     stepper.train_step(data, optim_wrapper)
                 row.extra['profile'] = profile_step(step, s.profile, device)
-                row.extra['profile']['sync_sites'] = sync_sites(step, device)
+                cuda = device.type == 'cuda'  # off the GPU: the operators that would synchronise on one
+                row.extra['profile']['sync_sites'] = sync_sites(step, device) if cuda else would_sync_sites(step)
+                row.extra['profile']['sync_sites_source'] = 'cuda' if cuda else 'cpu'
             except Exception as err:  # the timing stands without its profile
                 row.extra['profile_status'] = status_of(err)
             model = optim_wrapper = stepper = None

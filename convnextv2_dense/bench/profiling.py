@@ -110,6 +110,11 @@ def count_sync_warnings(step: Callable[[], object]) -> list[list]:
         warnings.simplefilter('always')
         warnings.showwarning = record  # restored on exit
         step()
+    return rank_sites(counts)
+
+
+def rank_sites(counts: Counter) -> list[list]:
+    """``[[site, count], ...]``: most first, then by name; at most ``TOP`` sites, the rest summed as ``other``."""
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     top = [[site, n] for site, n in ranked[:TOP]]
     rest = sum(n for _, n in ranked[TOP:])
@@ -194,7 +199,10 @@ def format_profile(title: str, prof: dict[str, Any]) -> list[str]:
         lines.append('')
     sites = prof.get('sync_sites')
     if sites:
-        lines += [f'host synchronisations of one step: {sum(n for _, n in sites)}, by calling line', '',
+        what = ('host synchronisations of one step' if prof.get('sync_sites_source', 'cuda') == 'cuda' else
+                'operations of one step that would synchronise on a GPU (counted on the CPU, which cannot see '
+                'copies of host tensors or syncs inside extension ops)')
+        lines += [f'{what}: {sum(n for _, n in sites)}, by calling line', '',
                   '| line | syncs/step |', '|---|---|']
         lines += [f'| `{_short(site)}` | {n} |' for site, n in sites]
         lines.append('')

@@ -1,5 +1,6 @@
-"""mmdet's ``MaxIoUAssigner``, ``RandomSampler`` and ``FCNMaskHead`` with less host work per training step:
-the same assignments, the same sampling distribution and the same mask targets.
+"""mmdet's ``MaxIoUAssigner``, ``RandomSampler``, ``RPNHead``, ``SingleRoIExtractor`` and ``FCNMaskHead`` with
+less host work per training step: the same assignments, sampling distribution, targets, RoI features and mask
+targets.
 
 - ``MaxIoUAssignerFast`` assigns without waiting for the GPU. mmdet's RPN assigner loops over the
   ground-truth boxes for its low-quality matches, reading each box's best IoU on the host (one
@@ -7,10 +8,16 @@ the same assignments, the same sampling distribution and the same mask targets.
   of 20 boxes, docs/benchmarks.md), and picks its positives with boolean indexing (more). Here the same
   rules run as whole-tensor operations: for each prior the last box that claims it wins, as in mmdet's loop.
 
-- ``RandomSamplerFast`` draws its random subset with a permutation made on the gallery's device. mmdet's
-  draws the permutation on the CPU and copies it over (a CPU ``randperm`` of the RPN's ~250k anchors per
-  image: 10-13 ms of host time per Mask R-CNN step at 4 x 1024x1024, docs/benchmarks.md). The subset is
-  uniform as before; the values differ because the random stream is the device's.
+- ``RandomSamplerFast`` draws its subsets on the assignment's device, with one synchronisation per image.
+  mmdet's finds the positives and the negatives with ``nonzero`` and ``unique`` (a synchronisation each, four
+  per image and sampler) and permutes them on the CPU (a CPU ``randperm`` of the RPN's ~250k anchors per image:
+  10-13 ms of host time per Mask R-CNN step at 4 x 1024x1024, docs/benchmarks.md). Here both counts come over
+  together, and each subset is the members with the largest of uniform random keys: uniform, as before, and
+  in increasing order, as mmdet's; the values differ because the random stream is the device's.
+- ``RPNHeadFast`` finds each image's anchors inside its border once, as indices (mmdet's uses a boolean mask
+  six times: six synchronisations per image); the same targets.
+- ``SingleRoIExtractorFast`` finds the RoIs of every pyramid level from one count (mmdet's runs ``nonzero``
+  per level: four synchronisations per call); the same RoIs in the same order, so the same features.
 - ``FCNMaskHeadFast`` computes the mask targets without host round trips. mmdet's copies each image's
   positive boxes and their assignments to the host (two synchronisations), copies the image's whole bitmap
   mask array to the GPU from pageable memory (blocking the host), RoIAligns it, copies the binarised result
@@ -30,7 +37,8 @@ import torch
 from torch.nn.modules.utils import _pair
 
 STOCK_TYPES: dict[str, str] = {'MaxIoUAssignerFast': 'MaxIoUAssigner', 'RandomSamplerFast': 'RandomSampler',
-                               'FCNMaskHeadFast': 'FCNMaskHead'}
+                               'FCNMaskHeadFast': 'FCNMaskHead', 'SingleRoIExtractorFast': 'SingleRoIExtractor',
+                               'RPNHeadFast': 'RPNHead'}
 
 
 def max_iou_assign(overlaps: torch.Tensor, gt_labels: torch.Tensor, pos_iou_thr: float, neg_iou_thr: Any,
@@ -70,11 +78,32 @@ def max_iou_assign(overlaps: torch.Tensor, gt_labels: torch.Tensor, pos_iou_thr:
     return gt_inds, max_overlaps, labels
 
 
-def device_random_choice(gallery: torch.Tensor, num: int) -> torch.Tensor:
-    """``num`` elements of ``gallery`` drawn uniformly without replacement, on the gallery's device."""
-    if num > gallery.numel():
-        raise ValueError(f'cannot draw {num} samples from a gallery of {gallery.numel()}')
-    return gallery[torch.randperm(gallery.numel(), device=gallery.device)[:num]]
+def sample_pos_neg(gt_inds: torch.Tensor, num: int, pos_fraction: float,
+                   neg_pos_ub: float = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """mmdet ``RandomSampler``'s draw of positives and negatives from one image's assignment, with one host
+    synchronisation (the two counts): ``(pos_inds, neg_inds)``, each increasing, as mmdet's (after its
+    ``unique()``) are.
+
+    Args:
+        gt_inds (Tensor): The assignment, (n,): > 0 positive, 0 negative, -1 ignored.
+        num, pos_fraction, neg_pos_ub: as RandomSampler's.
+    """
+    positive, negative = gt_inds > 0, gt_inds == 0
+    num_pos, num_neg = torch.stack([positive.sum(), negative.sum()]).tolist()
+    take_pos = min(num_pos, int(num * pos_fraction))
+    take_neg = num - take_pos
+    if neg_pos_ub >= 0:
+        take_neg = min(take_neg, int(neg_pos_ub * max(1, take_pos)))
+    take_neg = min(take_neg, num_neg)
+    # the k largest of independent uniform keys are a uniform k-subset; the two sets are disjoint, so one
+    # draw of keys serves both
+    keys = torch.rand(gt_inds.shape, device=gt_inds.device)
+    return _largest_keys(keys, positive, take_pos), _largest_keys(keys, negative, take_neg)
+
+
+def _largest_keys(keys: torch.Tensor, member: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` members with the largest keys (keys in [0, 1); k <= the members), increasing."""
+    return torch.where(member, keys, -1.0).topk(k, sorted=False).indices.sort().values
 
 
 def mask_targets_single(boxes: torch.Tensor, gt_inds: torch.Tensor, gt_masks: Any, mask_size: Any,
@@ -110,12 +139,32 @@ def mask_targets_single(boxes: torch.Tensor, gt_inds: torch.Tensor, gt_masks: An
     return (targets >= 0.5).float() if binarize else targets.float()
 
 
+def scatter_rows(rows: torch.Tensor, count: int, inds: torch.Tensor, fill: float = 0) -> torch.Tensor:
+    """mmdet's ``unmap`` with the subset given as indices: ``count`` rows of ``fill``, ``rows`` put at ``inds``."""
+    out = rows.new_full((count, *rows.shape[1:]), fill)
+    out[inds] = rows
+    return out
+
+
+def rois_by_level(target_lvls: torch.Tensor, num_levels: int) -> tuple[torch.Tensor, ...]:
+    """For each level, the increasing indices of the RoIs assigned to it (``nonzero(target_lvls == level)``
+    for every level at the cost of one host synchronisation, the counts)."""
+    counts = torch.bincount(target_lvls, minlength=num_levels).tolist()
+    return torch.argsort(target_lvls, stable=True).split(counts)
+
+
 @functools.cache
 def det_classes() -> dict[str, type]:
     """The variants, built on first use (importing mmdet's classes only then)."""
+    from mmengine.structures import InstanceData
+
+    from mmdet.models.dense_heads import RPNHead
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+    from mmdet.models.roi_heads.roi_extractors import SingleRoIExtractor
     from mmdet.models.task_modules.assigners import AssignResult, MaxIoUAssigner
-    from mmdet.models.task_modules.samplers import RandomSampler
+    from mmdet.models.task_modules.samplers import RandomSampler, SamplingResult
+    from mmdet.models.task_modules.prior_generators import anchor_inside_flags
+    from mmdet.structures.bbox import BaseBoxes, cat_boxes, get_box_tensor
     from mmdet.structures.mask import BitmapMasks
 
     class MaxIoUAssignerFast(MaxIoUAssigner):
@@ -132,13 +181,26 @@ def det_classes() -> dict[str, type]:
                                 labels=labels)
 
     class RandomSamplerFast(RandomSampler):
-        """mmdet's RandomSampler drawing on the gallery's device (convnextv2_dense.mm.fast_det); arguments as
-        RandomSampler."""
+        """mmdet's RandomSampler drawing on the assignment's device with one host synchronisation per image
+        (convnextv2_dense.mm.fast_det); arguments as RandomSampler."""
 
-        def random_choice(self, gallery, num):
-            if not isinstance(gallery, torch.Tensor):  # lists and arrays: mmdet's own path
-                return super().random_choice(gallery, num)
-            return device_random_choice(gallery, num)
+        def sample(self, assign_result, pred_instances, gt_instances, **kwargs):
+            gt_bboxes, priors, gt_labels = gt_instances.bboxes, pred_instances.priors, gt_instances.labels
+            if len(priors.shape) < 2:
+                priors = priors[None, :]
+            gt_flags = priors.new_zeros((priors.shape[0],), dtype=torch.uint8)
+            if self.add_gt_as_proposals and len(gt_bboxes) > 0:  # as mmdet's BaseSampler.sample
+                if isinstance(gt_bboxes, BaseBoxes) and isinstance(priors, BaseBoxes):
+                    gt_bboxes_ = gt_bboxes.convert_to(type(priors))
+                else:
+                    gt_bboxes_ = gt_bboxes
+                priors = cat_boxes([gt_bboxes_, priors], dim=0)
+                assign_result.add_gt_(gt_labels)
+                gt_flags = torch.cat([priors.new_ones(gt_bboxes_.shape[0], dtype=torch.uint8), gt_flags])
+            pos_inds, neg_inds = sample_pos_neg(assign_result.gt_inds, self.num, self.pos_fraction,
+                                                self.neg_pos_ub)
+            return SamplingResult(pos_inds=pos_inds, neg_inds=neg_inds, priors=priors, gt_bboxes=gt_bboxes,
+                                  assign_result=assign_result, gt_flags=gt_flags)
 
     class FCNMaskHeadFast(FCNMaskHead):
         """mmdet's FCNMaskHead with its mask targets made on the device (convnextv2_dense.mm.fast_det);
@@ -154,7 +216,71 @@ def det_classes() -> dict[str, type]:
                        for res, masks in zip(sampling_results, gt_masks)]
             return torch.cat(targets) if targets else targets
 
-    classes = (MaxIoUAssignerFast, RandomSamplerFast, FCNMaskHeadFast)
+    class SingleRoIExtractorFast(SingleRoIExtractor):
+        """mmdet's SingleRoIExtractor finding each level's RoIs with one host synchronisation
+        (convnextv2_dense.mm.fast_det); arguments as SingleRoIExtractor."""
+
+        def forward(self, feats, rois, roi_scale_factor=None):
+            num_levels = len(feats)
+            if num_levels == 1 or torch.onnx.is_in_onnx_export():
+                return super().forward(feats, rois, roi_scale_factor)
+            rois = rois.type_as(feats[0])
+            roi_feats = feats[0].new_zeros(rois.size(0), self.out_channels, *self.roi_layers[0].output_size)
+            target_lvls = self.map_roi_levels(rois, num_levels)
+            if roi_scale_factor is not None:
+                rois = self.roi_rescale(rois, roi_scale_factor)
+            for level, inds in enumerate(rois_by_level(target_lvls, num_levels)):
+                if inds.numel() > 0:
+                    roi_feats[inds] = self.roi_layers[level](feats[level], rois[inds])
+                else:  # as mmdet: every level stays in the graph (DDP expects each parameter to get a gradient)
+                    roi_feats += sum(x.view(-1)[0] for x in self.parameters()) * 0. + feats[level].sum() * 0.
+            return roi_feats
+
+    class RPNHeadFast(RPNHead):
+        """mmdet's RPNHead finding an image's anchors inside its border with one host synchronisation
+        (convnextv2_dense.mm.fast_det); arguments as RPNHead."""
+
+        def _get_targets_single(self, flat_anchors, valid_flags, gt_instances, img_meta, gt_instances_ignore=None,
+                                unmap_outputs=True):
+            # mmdet's AnchorHead._get_targets_single, with the inside anchors as indices, found once, where
+            # mmdet uses the boolean mask six times (any(), the selection and four unmaps: a synchronisation each)
+            inside = anchor_inside_flags(flat_anchors, valid_flags, img_meta['img_shape'][:2],
+                                         self.train_cfg['allowed_border']).nonzero().squeeze(1)
+            if inside.numel() == 0:
+                raise ValueError('There is no valid anchor inside the image boundary. Please check the image size '
+                                 'and anchor sizes, or set ``allowed_border`` to -1 to skip the condition.')
+            anchors = flat_anchors[inside]
+            pred_instances = InstanceData(priors=anchors)
+            assign_result = self.assigner.assign(pred_instances, gt_instances, gt_instances_ignore)
+            sampling_result = self.sampler.sample(assign_result, pred_instances, gt_instances)
+            num_valid = anchors.shape[0]
+            target_dim = gt_instances.bboxes.size(-1) if self.reg_decoded_bbox else self.bbox_coder.encode_size
+            bbox_targets = anchors.new_zeros(num_valid, target_dim)
+            bbox_weights = anchors.new_zeros(num_valid, target_dim)
+            labels = anchors.new_full((num_valid,), self.num_classes, dtype=torch.long)
+            label_weights = anchors.new_zeros(num_valid, dtype=torch.float)
+            pos_inds, neg_inds = sampling_result.pos_inds, sampling_result.neg_inds
+            if len(pos_inds) > 0:
+                if not self.reg_decoded_bbox:
+                    pos_targets = self.bbox_coder.encode(sampling_result.pos_priors, sampling_result.pos_gt_bboxes)
+                else:
+                    pos_targets = get_box_tensor(sampling_result.pos_gt_bboxes)
+                bbox_targets[pos_inds, :] = pos_targets
+                bbox_weights[pos_inds, :] = 1.0
+                labels[pos_inds] = sampling_result.pos_gt_labels
+                pos_weight = self.train_cfg['pos_weight']
+                label_weights[pos_inds] = 1.0 if pos_weight <= 0 else pos_weight
+            if len(neg_inds) > 0:
+                label_weights[neg_inds] = 1.0
+            if unmap_outputs:
+                total = flat_anchors.size(0)
+                labels = scatter_rows(labels, total, inside, fill=self.num_classes)
+                label_weights = scatter_rows(label_weights, total, inside)
+                bbox_targets = scatter_rows(bbox_targets, total, inside)
+                bbox_weights = scatter_rows(bbox_weights, total, inside)
+            return labels, label_weights, bbox_targets, bbox_weights, pos_inds, neg_inds, sampling_result
+
+    classes = (MaxIoUAssignerFast, RandomSamplerFast, FCNMaskHeadFast, SingleRoIExtractorFast, RPNHeadFast)
     for cls in classes:
         cls.__module__ = __name__
     return {cls.__name__: cls for cls in classes}
@@ -168,6 +294,16 @@ def build_max_iou_assigner_fast(**kwargs: Any):
 def build_random_sampler_fast(**kwargs: Any):
     """Registry entry for ``type='RandomSamplerFast'`` (arguments as mmdet's RandomSampler)."""
     return det_classes()['RandomSamplerFast'](**kwargs)
+
+
+def build_single_roi_extractor_fast(**kwargs: Any):
+    """Registry entry for ``type='SingleRoIExtractorFast'`` (arguments as mmdet's SingleRoIExtractor)."""
+    return det_classes()['SingleRoIExtractorFast'](**kwargs)
+
+
+def build_rpn_head_fast(**kwargs: Any):
+    """Registry entry for ``type='RPNHeadFast'`` (arguments as mmdet's RPNHead)."""
+    return det_classes()['RPNHeadFast'](**kwargs)
 
 
 def build_fcn_mask_head_fast(**kwargs: Any):

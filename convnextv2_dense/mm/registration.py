@@ -21,7 +21,8 @@ MM_PACKAGES: tuple[str, ...] = ('mmdet', 'mmseg', 'mmpretrain')
 def _register(registry_module: ModuleType) -> None:
     """Put the backbone, the layer-decay constructor and our hooks into one mm package's registries (and, in
     mmseg's, the decode heads of :mod:`.fast_heads`, the segmentor of :mod:`.graphed_segmentor` and its DDP
-    wrapper of :mod:`.graph_ddp`; in mmdet's, the sampler and mask head of :mod:`.fast_det`).
+    wrapper of :mod:`.graph_ddp`; in mmdet's, the assigner, sampler, RPN head, RoI extractor and mask head of :mod:`.fast_det` and the
+    box coder, anchor generator and IoU calculator of :mod:`.fast_boxes`).
 
     Registration adds names only: checkpoint reading is not changed here (see ``checkpoint_safety``).
     """
@@ -49,12 +50,20 @@ def _register(registry_module: ModuleType) -> None:
         from .graph_ddp import graphed_ddp_class
         MODEL_WRAPPERS.register_module('GraphedDistributedDataParallel', module=graphed_ddp_class(), force=True)
     if registry_module.__name__ == 'mmdet.registry':  # builders: mmdet's classes are imported on first build
-        from .fast_det import build_fcn_mask_head_fast, build_max_iou_assigner_fast, build_random_sampler_fast
+        from .fast_det import (build_fcn_mask_head_fast, build_max_iou_assigner_fast, build_random_sampler_fast,
+                               build_rpn_head_fast, build_single_roi_extractor_fast)
         registry_module.MODELS.register_module('FCNMaskHeadFast', module=build_fcn_mask_head_fast, force=True)
+        registry_module.MODELS.register_module('RPNHeadFast', module=build_rpn_head_fast, force=True)
+        registry_module.MODELS.register_module('SingleRoIExtractorFast', module=build_single_roi_extractor_fast,
+                                               force=True)
         registry_module.TASK_UTILS.register_module('MaxIoUAssignerFast', module=build_max_iou_assigner_fast,
                                                    force=True)
         registry_module.TASK_UTILS.register_module('RandomSamplerFast', module=build_random_sampler_fast,
                                                    force=True)
+        from .fast_boxes import STOCK_TYPES as BOX_VARIANTS
+        from .fast_boxes import build_box_variant
+        for name in BOX_VARIANTS:
+            registry_module.TASK_UTILS.register_module(name, module=build_box_variant(name), force=True)
     for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):
         registry_module.HOOKS.register_module(hook.__name__, module=hook, force=True)
     register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)

@@ -13,7 +13,8 @@ from mmengine.config import ConfigDict  # noqa: E402
 from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
-from convnextv2_dense.mm.fast_det import device_random_choice, mask_targets_single  # noqa: E402
+from convnextv2_dense.bench.sync_ops import would_sync_sites  # noqa: E402
+from convnextv2_dense.mm.fast_det import mask_targets_single, sample_pos_neg  # noqa: E402
 from mmdet.registry import MODELS, TASK_UTILS  # noqa: E402
 from mmdet.structures.mask import BitmapMasks, PolygonMasks, mask_target  # noqa: E402
 
@@ -88,34 +89,88 @@ def test_polygon_masks_take_mmdets_path():
     assert got.sum() > 0
 
 
-def test_device_random_choice_is_a_uniform_subset():
+def assignment(seed: int, num_pos: int, num_neg: int, num_ignored: int, num_gts: int = 4) -> torch.Tensor:
+    """gt_inds of one image in a random order: box numbers 1..num_gts, 0 negative, -1 ignored."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.cat([torch.randint(1, num_gts + 1, (num_pos,), generator=gen), torch.zeros(num_neg, dtype=torch.long),
+                        torch.full((num_ignored,), -1)])
+    return values[torch.randperm(values.numel(), generator=gen)]
+
+
+@pytest.mark.parametrize('counts', [(5, 20, 7), (0, 30, 2), (3, 0, 9), (0, 0, 4), (300, 2000, 50)])
+@pytest.mark.parametrize('neg_pos_ub', [-1, 2])
+def test_the_draw_has_mmdets_sizes_and_only_members(counts, neg_pos_ub):
+    gt_inds = assignment(0, *counts)
+    num, fraction = 64, 0.25
+    pos, neg = sample_pos_neg(gt_inds, num, fraction, neg_pos_ub)
+    want_pos = min(counts[0], int(num * fraction))  # mmdet's rules (BaseSampler.sample)
+    want_neg = num - want_pos if neg_pos_ub < 0 else min(num - want_pos, int(neg_pos_ub * max(1, want_pos)))
+    assert pos.numel() == want_pos and neg.numel() == min(want_neg, counts[1])
+    assert pos.dtype == neg.dtype == torch.long
+    assert bool((gt_inds[pos] > 0).all()) and bool((gt_inds[neg] == 0).all())
+    for inds in (pos, neg):  # distinct and increasing, as mmdet's after unique()
+        assert bool((inds[1:] > inds[:-1]).all())
+
+
+def test_the_draw_is_uniform_over_the_members():
     torch.manual_seed(0)
-    gallery = torch.arange(100, 150)
-    counts = torch.zeros(50)
+    gt_inds = assignment(1, 40, 60, 20)
+    pos_counts, neg_counts = torch.zeros(120), torch.zeros(120)
     for _ in range(2000):
-        chosen = device_random_choice(gallery, 10)
-        assert chosen.unique().numel() == 10 and bool(((chosen >= 100) & (chosen < 150)).all())
-        counts[chosen - 100] += 1
-    # each element is drawn with probability 1/5: 400 of 2000 expected, sd ~18; 6 sd either side
-    assert counts.min() > 290 and counts.max() < 510, counts
-    with pytest.raises(ValueError, match='cannot draw 51 samples from a gallery of 50'):
-        device_random_choice(gallery, 51)
+        pos, neg = sample_pos_neg(gt_inds, 20, 0.5)  # 10 of 40 positives, 10 of 60 negatives
+        pos_counts[pos] += 1
+        neg_counts[neg] += 1
+    # each positive drawn with probability 1/4 (500 of 2000, sd ~19), each negative 1/6 (333, sd ~17)
+    for counts, members, expected in ((pos_counts, gt_inds > 0, 500), (neg_counts, gt_inds == 0, 333)):
+        assert counts[~members].sum() == 0
+        assert (counts[members] - expected).abs().max() < 6 * 19, counts[members]
 
 
-def test_the_fast_sampler_draws_what_mmdets_draws_on_the_cpu():
-    # on the CPU both permute with the CPU generator: the same subset from the same seed
+def build_samplers(**options):
     from mmdet.models.task_modules.samplers import RandomSampler
-    fast = build_in_mmdet(TASK_UTILS, dict(type='RandomSamplerFast', num=8, pos_fraction=0.5),
-                          default_args=dict(context=None))
-    stock = RandomSampler(num=8, pos_fraction=0.5)
-    assert isinstance(fast, RandomSampler)
-    gallery = torch.arange(1000) * 3
-    torch.manual_seed(3)
-    ours = fast.random_choice(gallery, 8)
-    torch.manual_seed(3)
-    assert torch.equal(ours, stock.random_choice(gallery, 8))
-    listed = fast.random_choice(list(range(20)), 5)  # not a tensor: mmdet's path, an array back
-    assert isinstance(listed, np.ndarray) and len(set(listed.tolist())) == 5
+    fast = build_in_mmdet(TASK_UTILS, dict(type='RandomSamplerFast', **options), default_args=dict(context=None))
+    assert isinstance(fast, RandomSampler) and type(fast).__name__ == 'RandomSamplerFast'
+    return fast, RandomSampler(**options)
+
+
+@pytest.mark.parametrize('add_gt', [False, True])
+def test_the_fast_sampler_gives_mmdets_result_when_everything_is_taken(add_gt):
+    # fewer members than asked for: both samplers take them all, so the results are equal, field by field
+    from mmdet.models.task_modules.assigners import AssignResult
+    fast, stock = build_samplers(num=512, pos_fraction=0.25, add_gt_as_proposals=add_gt)
+    gt_inds = assignment(2, 30, 200, 40)
+    gen = torch.Generator().manual_seed(2)
+    xy = torch.rand(gt_inds.numel(), 2, generator=gen) * 50
+    priors = torch.cat([xy, xy + 4], dim=1)
+    truth = InstanceData(bboxes=torch.tensor([[0., 0, 9, 9], [5, 5, 20, 20], [1, 2, 3, 4], [8, 8, 30, 30]]),
+                         labels=torch.tensor([3, 1, 0, 2]))
+    results = []
+    for sampler in (fast, stock):
+        assigned = AssignResult(4, gt_inds.clone(), torch.rand(gt_inds.numel(), generator=gen),
+                                labels=(gt_inds - 1).clamp(min=0))
+        results.append(sampler.sample(assigned, InstanceData(priors=priors), truth))
+    got, want = results
+    for name in ('pos_inds', 'neg_inds', 'pos_priors', 'neg_priors', 'pos_is_gt', 'pos_assigned_gt_inds',
+                 'pos_gt_labels', 'pos_gt_bboxes'):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert got.num_gts == want.num_gts and got.avg_factor == want.avg_factor
+    assert got.pos_is_gt.sum() == (4 if add_gt else 0)
+
+
+def test_the_fast_sampler_synchronises_once_per_image():
+    from mmdet.models.task_modules.assigners import AssignResult
+    fast, stock = build_samplers(num=256, pos_fraction=0.5)
+    gt_inds = assignment(3, 300, 5000, 100)
+    priors = torch.rand(gt_inds.numel(), 4) * 10
+    priors[:, 2:] += priors[:, :2]
+    truth = InstanceData(bboxes=priors[:4].clone(), labels=torch.arange(4))
+
+    def sample_with(sampler):
+        return lambda: sampler.sample(AssignResult(4, gt_inds.clone(), torch.rand(gt_inds.numel()),
+                                                   labels=gt_inds.clamp(min=0)), InstanceData(priors=priors), truth)
+    ours = would_sync_sites(sample_with(fast))
+    assert sum(n for _, n in ours) == 1, ours  # the two counts, read together
+    assert sum(n for _, n in would_sync_sites(sample_with(stock))) >= 4  # nonzero and unique, twice each
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -125,8 +180,8 @@ def test_on_the_gpu_the_targets_still_equal_mmdets_and_the_draws_stay_there():
     got = torch.cat([mask_targets_single(*c, 28) for c in cases])  # masks over from pinned memory
     expected = mask_target([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases], cfg)
     assert got.is_cuda and torch.equal(got, expected)
-    chosen = device_random_choice(torch.arange(250_000, device='cuda'), 256)
-    assert chosen.is_cuda and chosen.unique().numel() == 256
+    pos, neg = sample_pos_neg(assignment(0, 300, 250_000, 1000).cuda(), 256, 0.5)
+    assert pos.is_cuda and neg.is_cuda and pos.numel() == neg.numel() == 128
 
 
 def iou_case(seed: int, num_gts: int, num_priors: int, ties: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,3 +257,61 @@ def test_on_the_gpu_the_assigner_equals_mmdets_without_a_host_synchronisation():
         torch.cuda.set_sync_debug_mode(0)
     for name in ('gt_inds', 'max_overlaps', 'labels'):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
+@pytest.mark.parametrize('sizes', [(2, 600), (2, 120), (1, 30)])  # the last: small boxes, the top levels empty
+def test_the_fast_roi_extractor_gives_mmdets_features_and_gradients(sizes):
+    max_size, num_rois = sizes[1], 40
+    options = dict(roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0), out_channels=4,
+                   featmap_strides=[4, 8, 16, 32])
+    fast = build_in_mmdet(MODELS, dict(type='SingleRoIExtractorFast', **options))
+    stock = build_in_mmdet(MODELS, dict(type='SingleRoIExtractor', **options))
+    assert isinstance(fast, type(stock)) and type(fast).__name__ == 'SingleRoIExtractorFast'
+    gen = torch.Generator().manual_seed(sizes[1])
+    xy = torch.rand(num_rois, 2, generator=gen) * 100
+    rois = torch.cat([torch.randint(0, sizes[0], (num_rois, 1), generator=gen).float(), xy,
+                      xy + 2 + torch.rand(num_rois, 2, generator=gen) * max_size], dim=1)
+    levels = stock.map_roi_levels(rois, 4)
+    results = []
+    for extractor in (fast, stock):
+        feats = tuple(torch.randn(sizes[0], 4, 256 // s, 256 // s, generator=torch.Generator().manual_seed(s),
+                                  requires_grad=True) for s in (4, 8, 16, 32))
+        out = extractor(feats, rois)
+        out.backward(torch.ones_like(out))
+        results.append((out, [f.grad for f in feats]))
+    (got, got_grads), (want, want_grads) = results
+    assert torch.equal(got, want) and got.abs().sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(got_grads, want_grads))
+    if sizes[1] == 600:
+        assert levels.unique().numel() == 4  # every level has RoIs
+    if sizes[1] == 30:
+        assert levels.max() < 3  # and here one has none
+    assert sum(n for _, n in would_sync_sites(lambda: fast(feats, rois))) == 1
+
+
+@pytest.mark.parametrize('allowed_border', [-1, 0])
+def test_the_fast_rpn_head_gives_mmdets_targets(allowed_border):
+    train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                                         match_low_quality=True, ignore_iof_thr=-1),
+                           sampler=dict(type='PseudoSampler'),  # takes every anchor: the two heads compare
+                           allowed_border=allowed_border, pos_weight=-1, debug=False)
+    options = dict(in_channels=4, feat_channels=4, train_cfg=train_cfg,
+                   anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0],
+                                         strides=[4, 8]))
+    fast = build_in_mmdet(MODELS, dict(type='RPNHeadFast', **options))
+    stock = build_in_mmdet(MODELS, dict(type='RPNHead', **options))
+    assert isinstance(fast, type(stock)) and type(fast).__name__ == 'RPNHeadFast'
+    anchors = torch.cat(stock.prior_generator.grid_priors([(16, 16), (8, 8)], device='cpu'))
+    valid = torch.cat(stock.prior_generator.valid_flags([(16, 16), (8, 8)], (56, 64), device='cpu'))
+    assert not valid.all()  # anchors over the padding: the subset matters
+    truth = InstanceData(bboxes=torch.tensor([[3., 4, 20, 30], [30, 10, 60, 40], [0, 40, 12, 55]]),
+                         labels=torch.zeros(3, dtype=torch.long))
+    meta = dict(img_shape=(50, 60))
+    got = fast._get_targets_single(anchors, valid, truth, meta)
+    want = stock._get_targets_single(anchors, valid, truth, meta)
+    for name, a, b in zip(('labels', 'label_weights', 'bbox_targets', 'bbox_weights', 'pos_inds', 'neg_inds'),
+                          got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert (got[0] == 0).any() and got[1].sum() > 0 and got[3].sum() > 0  # positives and weights occur
+    with pytest.raises(ValueError, match='There is no valid anchor inside the image boundary'):
+        fast._get_targets_single(anchors, torch.zeros_like(valid), truth, meta)

@@ -73,6 +73,32 @@ def test_full_iteration_profile_and_stock_row_on_cpu(tmp_path, capsys, load_tool
     assert all(ms >= 0 and calls > 0 for _, ms, calls in profile['top_host_ops'])
 
 
+def test_the_detection_step_no_longer_synchronises_where_mmdets_does(tmp_path, capsys, load_tool, monkeypatch):
+    """The profile's sync count, on the CPU: the operators of one Mask R-CNN step that would make the host wait
+    on a GPU. Ours has none left in the components it replaces; the stock row shows where mmdet's are."""
+    pytest.importorskip('mmdet')
+    from convnextv2_dense.bench import profiling
+    monkeypatch.setattr(profiling, 'TOP', 10_000)  # every line, none summed as 'other'
+    json_out = tmp_path / 'full.json'
+    argv = ['full', '--config', 'configs/demo/mask-rcnn_convnextv2_atto_demo.py', '--img-size', '128',
+            '--img-per-gpu', '2', '--boxes', '3', '--backbone-impl', 'stock', 'ours', '--device', 'cpu',
+            '--warmup', '1', '--iters', '1', '--profile', '1', '--json-out', str(json_out)]
+    assert load_tool('benchmark').main(argv) == 0
+    assert 'would synchronise on a GPU' in capsys.readouterr().out
+    stock, ours = (row['extra']['profile'] for row in json.loads(json_out.read_text())['rows'])
+    assert stock['sync_sites_source'] == ours['sync_sites_source'] == 'cpu'
+
+    def in_replaced(sites) -> dict[str, int]:
+        replaced = ('max_iou_assigner.py', 'random_sampler.py', 'base_sampler.py', 'delta_xywh_bbox_coder.py',
+                    'bbox_overlaps.py', 'mask_target.py', 'single_level_roi_extractor.py', 'utils/misc.py',
+                    'anchor_head.py')
+        return {site: n for site, n in sites if any(f'/{name}:' in site for name in replaced)}
+    assert in_replaced(stock['sync_sites']), stock['sync_sites']
+    assert not in_replaced(ours['sync_sites']), ours['sync_sites']
+    total = lambda prof: sum(n for _, n in prof['sync_sites'])  # noqa: E731
+    assert total(ours) < total(stock) / 2, (ours['sync_sites'], stock['sync_sites'])
+
+
 def test_stock_components_undo_our_variants():
     pytest.importorskip('mmseg')
     from mmengine.config import Config
@@ -104,6 +130,22 @@ def test_stock_components_undo_our_detection_variants():
     # the rest of mmdet's assigner settings stay: the RPN's low-quality matches, the RoI head's thresholds
     assert stock.train_cfg.rpn.assigner.match_low_quality and model.train_cfg.rpn.assigner.match_low_quality
     assert model.train_cfg.rcnn.assigner.pos_iou_thr == 0.5
+    # every variant in the config, and none left in the stock one
+    assert {t for t in config_types(model) if t.endswith('Fast')} == {
+        'FCNMaskHeadFast', 'RandomSamplerFast', 'MaxIoUAssignerFast', 'AnchorGeneratorFast',
+        'DeltaXYWHBBoxCoderFast', 'BboxOverlaps2DFast', 'SingleRoIExtractorFast', 'RPNHeadFast'}
+    assert not [t for t in config_types(stock) if t.endswith('Fast')]
+    assert stock.rpn_head.bbox_coder.target_stds == model.rpn_head.bbox_coder.target_stds
+
+
+def config_types(cfg) -> list[str]:
+    """Every ``type`` in a config tree."""
+    if isinstance(cfg, dict):
+        own = [cfg['type']] if isinstance(cfg.get('type'), str) else []
+        return own + [t for value in cfg.values() for t in config_types(value)]
+    if isinstance(cfg, (list, tuple)):
+        return [t for value in cfg for t in config_types(value)]
+    return []
 
 
 def test_full_iteration_handles_cascades_list_of_bbox_heads(tmp_path):
