@@ -104,7 +104,7 @@ def test_on_the_gpu_the_box_variants_equal_mmdets_without_a_host_synchronisation
     anchors, stock_anchors = build_pair('AnchorGenerator', **ANCHORS)
     iou, stock_iou = build_pair('BboxOverlaps2D')
     priors, gts, deltas = boxes(0, 500).cuda(), boxes(1, 500).cuda(), torch.randn(500, 4, device='cuda')
-    sizes = [(64, 48), (32, 24)]
+    sizes = [(64, 48), (32, 24), (16, 12), (8, 6), (4, 3)]  # one per stride
 
     def ours():
         return (coder.encode(priors, gts), coder.decode(priors, deltas, max_shape=(90, 120)),
