@@ -10,7 +10,10 @@ operation for operation, so the results are equal.
 
 - ``DeltaXYWHBBoxCoderFast``: mmdet's ``DeltaXYWHBBoxCoder`` (single-image ``encode`` / ``decode``; batched and
   ONNX decoding take mmdet's path).
-- ``AnchorGeneratorFast``: mmdet's ``AnchorGenerator``, its base anchors moved to the feature maps' device once.
+- ``AnchorGeneratorFast``: mmdet's ``AnchorGenerator``, its base anchors moved to the feature maps' device once,
+  and its last anchor grids and valid flags kept: they depend only on the feature map sizes, the padded image
+  size and the device, and mmdet makes them anew for every image at every step (about 450 small operations
+  per Mask R-CNN step at 4 images).
 - ``BboxOverlaps2DFast``: mmdet's ``BboxOverlaps2D`` for the IoU / IoF of two box sets (the assigners' use;
   aligned pairs, GIoU and fp16 take mmdet's path).
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,19 +46,40 @@ class DeviceConstants:
         return self._made[key]
 
 
+class KeptResults:
+    """The last ``size`` lists of tensors made by a deterministic function, by key. Each call gets a new list of
+    the same tensors (mmdet already hands one image's anchors to every image of a batch: nobody writes to
+    them)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._kept: dict[tuple, list] = {}
+
+    def get(self, key: tuple, make: Callable[[], list]) -> list:
+        if key in self._kept:
+            self._kept[key] = self._kept.pop(key)  # most recently used last
+        else:
+            self._kept[key] = make()
+            while len(self._kept) > self.size:
+                del self._kept[next(iter(self._kept))]
+        return list(self._kept[key])
+
+
+def sizes_key(featmap_sizes: Any) -> tuple:
+    """Feature map sizes (tuples or ``torch.Size``) as a hashable key."""
+    return tuple(tuple(int(v) for v in size) for size in featmap_sizes)
+
+
 def encode_deltas(proposals: torch.Tensor, gt: torch.Tensor, means: torch.Tensor,
                   stds: torch.Tensor) -> torch.Tensor:
-    """mmdet's ``bbox2delta`` with ``means`` and ``stds`` given as (1, 4) tensors on the boxes' device."""
+    """mmdet's ``bbox2delta`` with ``means`` and ``stds`` given as (1, 4) tensors on the boxes' device (x and y
+    computed together: the same operations on the same values, with a third of the launches)."""
     proposals, gt = proposals.float(), gt.float()
-    px = (proposals[..., 0] + proposals[..., 2]) * 0.5
-    py = (proposals[..., 1] + proposals[..., 3]) * 0.5
-    pw = proposals[..., 2] - proposals[..., 0]
-    ph = proposals[..., 3] - proposals[..., 1]
-    gx = (gt[..., 0] + gt[..., 2]) * 0.5
-    gy = (gt[..., 1] + gt[..., 3]) * 0.5
-    gw = gt[..., 2] - gt[..., 0]
-    gh = gt[..., 3] - gt[..., 1]
-    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=-1)
+    p_ctr = (proposals[..., :2] + proposals[..., 2:]) * 0.5
+    p_wh = proposals[..., 2:] - proposals[..., :2]
+    g_ctr = (gt[..., :2] + gt[..., 2:]) * 0.5
+    g_wh = gt[..., 2:] - gt[..., :2]
+    deltas = torch.cat([(g_ctr - p_ctr) / p_wh, torch.log(g_wh / p_wh)], dim=-1)
     return deltas.sub_(means).div_(stds)
 
 
@@ -141,8 +166,22 @@ def box_classes() -> dict[str, type]:
             return decoded
 
     class AnchorGeneratorFast(AnchorGenerator):
-        """mmdet's AnchorGenerator with its base anchors moved to the feature maps' device once
-        (convnextv2_dense.mm.fast_boxes); arguments as AnchorGenerator."""
+        """mmdet's AnchorGenerator with its base anchors moved to the feature maps' device once, and the last
+        few anchor grids and valid flags kept (convnextv2_dense.mm.fast_boxes); arguments as AnchorGenerator."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._kept = KeptResults()
+
+        def grid_priors(self, featmap_sizes, dtype=torch.float32, device='cuda'):
+            key = ('grid', sizes_key(featmap_sizes), dtype, torch.device(device))
+            return self._kept.get(key, lambda: super(AnchorGeneratorFast, self).grid_priors(
+                featmap_sizes, dtype, device))
+
+        def valid_flags(self, featmap_sizes, pad_shape, device='cuda'):
+            key = ('valid', sizes_key(featmap_sizes), tuple(int(v) for v in pad_shape[:2]), torch.device(device))
+            return self._kept.get(key, lambda: super(AnchorGeneratorFast, self).valid_flags(
+                featmap_sizes, pad_shape, device))
 
         def single_level_grid_priors(self, featmap_size, level_idx, dtype=torch.float32, device='cuda'):
             if self.base_anchors[level_idx].device != torch.device(device):

@@ -120,3 +120,21 @@ def test_on_the_gpu_the_box_variants_equal_mmdets_without_a_host_synchronisation
             stock_anchors.grid_priors(sizes, device='cuda'), stock_iou(gts[:20], priors))
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]) and torch.equal(got[3], want[3])
     assert all(torch.equal(a, b) for a, b in zip(got[2], want[2]))
+
+
+def test_the_anchor_generator_keeps_its_grids_and_flags_and_gives_mmdets():
+    fast, stock = build_pair('AnchorGenerator', **ANCHORS)
+    sizes = [(64, 48), (32, 24), (16, 12), (8, 6), (4, 3)]
+    first, again = fast.grid_priors(sizes, device='cpu'), fast.grid_priors(sizes, device='cpu')
+    assert first is not again and all(a is b for a, b in zip(first, again))  # a new list of the kept tensors
+    for pad_shape in ((256, 192), (250, 190, 3), (256, 192)):
+        got = fast.valid_flags(sizes, pad_shape, device='cpu')
+        want = stock.valid_flags(sizes, pad_shape, device='cpu')
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), pad_shape
+    assert not torch.cat(fast.valid_flags(sizes, (250, 190), device='cpu')).all()  # the pad shape matters
+    other = [(32, 24), (16, 12), (8, 6), (4, 3), (2, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(fast.grid_priors(other, device='cpu'),
+                                                  stock.grid_priors(other, device='cpu')))
+    for n in range(20):  # no more than a few kept
+        fast.grid_priors([(n + 1, n + 1)] * 5, device='cpu')
+    assert len(fast._kept._kept) == fast._kept.size
