@@ -26,7 +26,7 @@ from ..mm.fast_det import STOCK_TYPES as FAST_DET_STOCK_TYPES
 from ..mm.fast_heads import STOCK_TYPES as FAST_HEAD_STOCK_TYPES
 from .impls import FULL_IMPLS, HFBackbone, installed
 from .profiling import format_profile, profile_step, sync_sites
-from .sync_ops import would_sync_sites
+from .sync_ops import operation_files, would_sync_sites
 from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
                      status_of)
 
@@ -303,6 +303,7 @@ def _full_benchmark(s: FullSettings, log: Callable[[str], None]) -> dict[str, An
                 cuda = device.type == 'cuda'  # off the GPU: the operators that would synchronise on one
                 row.extra['profile']['sync_sites'] = sync_sites(step, device) if cuda else would_sync_sites(step)
                 row.extra['profile']['sync_sites_source'] = 'cuda' if cuda else 'cpu'
+                row.extra['profile']['operation_files'] = operation_files(step)
             except Exception as err:  # the timing stands without its profile
                 row.extra['profile_status'] = status_of(err)
             model = optim_wrapper = stepper = None

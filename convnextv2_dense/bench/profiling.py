@@ -206,4 +206,11 @@ def format_profile(title: str, prof: dict[str, Any]) -> list[str]:
                   '| line | syncs/step |', '|---|---|']
         lines += [f'| `{_short(site)}` | {n} |' for site, n in sites]
         lines.append('')
+    files = prof.get('operation_files')
+    if files:
+        lines += [f'operators of one step: {sum(n for _, n in files)}, by calling file (each about one kernel '
+                  'launch or a view on a GPU; the backward counts where backward() was called)', '',
+                  '| file | operators/step |', '|---|---|']
+        lines += [f'| `{_short(site)}` | {n} |' for site, n in files]
+        lines.append('')
     return lines

@@ -1,4 +1,5 @@
-"""The operations of a step that would make the host wait for a GPU, found on any device (the CPU included).
+"""The operations of a step that would make the host wait for a GPU, found on any device (the CPU included);
+and where a step's operations come from.
 
 On a GPU, :func:`.profiling.sync_sites` counts the synchronisations torch's CUDA sync debug mode reports. That
 needs a GPU. :func:`would_sync_sites` runs the step under a dispatch mode instead and counts, by calling line,
@@ -15,6 +16,9 @@ What it cannot see: copies of tensors that already live on the host (``cpu_tenso
 the CPU) and synchronisations inside extension ops that bypass the dispatcher (mmcv's NMS); and it counts a
 ``.cpu()`` of a tensor that would live on the host in a GPU run too. So on the CPU it
 finds most, not all, of what the GPU count finds; its worth is that a CPU test can hold a step to a budget.
+
+:func:`operation_files` counts all of a step's operators by calling file: on a host-bound GPU step, where the
+launches come from.
 """
 from __future__ import annotations
 
@@ -107,3 +111,25 @@ def would_sync_sites(step: Callable[[], object]) -> list[list]:
     with counter, _HostReadCounter(counter.counts, counter.roots):
         step()
     return rank_sites(+counter.counts)  # (+ drops the lines left at zero)
+
+
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.roots = _import_roots()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        site = _caller(self.roots)
+        self.counts[site.rsplit(':', 1)[0] if site else 'torch'] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def operation_files(step: Callable[[], object]) -> list[list]:
+    """Run ``step`` once; its operators (each about one kernel launch, or a view, on a GPU) counted by the
+    calling file, as ``[[file, count], ...]``, most first (at most :data:`.profiling.TOP`, the rest as
+    ``other``). The backward's operators count at the line that called ``backward()``."""
+    counter = _OpCounter()
+    with counter:
+        step()
+    return rank_sites(counter.counts)

@@ -97,6 +97,8 @@ def test_the_detection_step_no_longer_synchronises_where_mmdets_does(tmp_path, c
     assert not in_replaced(ours['sync_sites']), ours['sync_sites']
     total = lambda prof: sum(n for _, n in prof['sync_sites'])  # noqa: E731
     assert total(ours) < total(stock) / 2, (ours['sync_sites'], stock['sync_sites'])
+    operators = lambda prof: sum(n for _, n in prof['operation_files'])  # noqa: E731
+    assert 0 < operators(ours) < operators(stock)  # fewer launches too (the anchors kept, no per-box loops)
 
 
 def test_stock_components_undo_our_variants():

@@ -55,3 +55,15 @@ def test_a_scalar_put_into_a_slice_counts_nothing():
         x[:4] = 1
         x[torch.arange(2)] = True
     assert would_sync_sites(step) == []
+
+
+def test_operators_are_counted_by_calling_file():
+    from convnextv2_dense.bench.sync_ops import operation_files
+    x = torch.randn(10, requires_grad=True)
+
+    def step():
+        y = (x * 2).sum()  # two operators from this file
+        y.backward()       # and the backward's, here too
+    files = dict(operation_files(step))
+    here = profiling._site_path(__file__, profiling._import_roots())
+    assert list(files) == [here] and files[here] >= 3
