@@ -5,6 +5,9 @@ _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 custom_imports = dict(imports=['convnextv2_dense'], allow_failed_imports=False)
 
 model = dict(
+    # mmdet's MaskRCNN whose RPN gets its copy of the batch without copies of the ground-truth masks
+    # (convnextv2_dense.mm.fast_det): the same model, checkpoints and losses.
+    type='MaskRCNNFast',
     backbone=dict(
         _delete_=True,
         type='ConvNeXtV2',

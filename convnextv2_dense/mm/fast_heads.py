@@ -49,7 +49,8 @@ class _FunctionalWithRecomputedCrossEntropy:
 
 
 @contextmanager
-def _swapped(module_name: str, **replacements: Any) -> Iterator[None]:
+def swapped_globals(module_name: str, **replacements: Any) -> Iterator[None]:
+    """Replace module-level names of an imported module for the duration of the ``with`` block (one thread)."""
     module = sys.modules[module_name]
     saved = {name: getattr(module, name) for name in replacements}
     for name, value in replacements.items():
@@ -65,12 +66,12 @@ def _variant(name: str, base: type, forward_module: str | None) -> type:
     from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 
     def loss_by_feat(self, seg_logits, batch_data_samples):
-        with _swapped('mmseg.models.decode_heads.decode_head', resize=fast_resize, accuracy=fast_accuracy), \
-                _swapped('mmseg.models.losses.cross_entropy_loss', F=_FunctionalWithRecomputedCrossEntropy()):
+        with swapped_globals('mmseg.models.decode_heads.decode_head', resize=fast_resize, accuracy=fast_accuracy), \
+                swapped_globals('mmseg.models.losses.cross_entropy_loss', F=_FunctionalWithRecomputedCrossEntropy()):
             return BaseDecodeHead.loss_by_feat(self, seg_logits, batch_data_samples)
 
     def forward(self, inputs):
-        with _swapped(forward_module, resize=fast_resize):
+        with swapped_globals(forward_module, resize=fast_resize):
             return base.forward(self, inputs)
 
     members = dict(loss_by_feat=loss_by_feat, __module__=__name__,

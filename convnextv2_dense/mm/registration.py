@@ -50,8 +50,9 @@ def _register(registry_module: ModuleType) -> None:
         from .graph_ddp import graphed_ddp_class
         MODEL_WRAPPERS.register_module('GraphedDistributedDataParallel', module=graphed_ddp_class(), force=True)
     if registry_module.__name__ == 'mmdet.registry':  # builders: mmdet's classes are imported on first build
-        from .fast_det import (build_fcn_mask_head_fast, build_max_iou_assigner_fast, build_random_sampler_fast,
-                               build_rpn_head_fast, build_single_roi_extractor_fast)
+        from .fast_det import (build_fcn_mask_head_fast, build_mask_rcnn_fast, build_max_iou_assigner_fast,
+                               build_random_sampler_fast, build_rpn_head_fast, build_single_roi_extractor_fast)
+        registry_module.MODELS.register_module('MaskRCNNFast', module=build_mask_rcnn_fast, force=True)
         registry_module.MODELS.register_module('FCNMaskHeadFast', module=build_fcn_mask_head_fast, force=True)
         registry_module.MODELS.register_module('RPNHeadFast', module=build_rpn_head_fast, force=True)
         registry_module.MODELS.register_module('SingleRoIExtractorFast', module=build_single_roi_extractor_fast,

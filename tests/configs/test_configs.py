@@ -71,7 +71,7 @@ def arch_built(path: Path) -> str:
 
 
 def is_three_x_mask_rcnn(path: Path) -> bool:
-    return detector_of(path) == 'MaskRCNN' and _load(path).train_cfg.get('max_epochs') == 36
+    return detector_of(path) == 'MaskRCNNFast' and _load(path).train_cfg.get('max_epochs') == 36
 
 
 def one_x_of(path: Path) -> Path:
@@ -84,7 +84,7 @@ SEG = select(is_seg)
 DET = select(lambda p: detector_of(p) is not None)
 RELEASED = select(lambda p: not is_demo(p))
 THREE_X = select(is_three_x_mask_rcnn)
-MASK_RCNN = select(lambda p: detector_of(p) == 'MaskRCNN')
+MASK_RCNN = select(lambda p: detector_of(p) == 'MaskRCNNFast')
 UPERNET = select(lambda p: is_seg(p) and not is_demo(p))
 # a 3x leaf builds the model of its 1x sibling (checked below), so only the 1x one runs forwards
 SMALL = select(lambda p: arch_built(p) not in BIG and not is_three_x_mask_rcnn(p))
@@ -128,7 +128,7 @@ def test_loads_from_an_absolute_path(path):
     assert load(path).model.backbone.type == 'ConvNeXtV2'
 
 
-HEAD_IN_NAME = {'upernet_': 'GraphedEncoderDecoder', 'mask-rcnn_': 'MaskRCNN', 'cascade-mask-rcnn_': 'CascadeRCNN'}
+HEAD_IN_NAME = {'upernet_': 'GraphedEncoderDecoder', 'mask-rcnn_': 'MaskRCNNFast', 'cascade-mask-rcnn_': 'CascadeRCNN'}
 
 
 @pytest.mark.parametrize('path', ALL)

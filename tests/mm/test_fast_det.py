@@ -315,3 +315,57 @@ def test_the_fast_rpn_head_gives_mmdets_targets(allowed_border):
     assert (got[0] == 0).any() and got[1].sum() > 0 and got[3].sum() > 0  # positives and weights occur
     with pytest.raises(ValueError, match='There is no valid anchor inside the image boundary'):
         fast._get_targets_single(anchors, torch.zeros_like(valid), truth, meta)
+
+
+def test_the_rpns_copy_of_the_batch_shares_the_masks_and_copies_the_rest():
+    from convnextv2_dense.bench.full import _det_data
+    from convnextv2_dense.mm.fast_det import copy_sharing_masks
+    samples = _det_data(2, 64, num_classes=3, boxes=2)['data_samples']
+    copied = copy_sharing_masks(samples)
+    for old, new in zip(samples, copied):
+        assert new.gt_instances.masks is old.gt_instances.masks
+        assert new.gt_instances is not old.gt_instances and new.gt_instances.labels is not old.gt_instances.labels
+        assert torch.equal(new.gt_instances.bboxes, old.gt_instances.bboxes) and new.metainfo == old.metainfo
+    assert copy_sharing_masks([]) == []
+
+
+def test_mask_rcnn_fast_gives_mmdets_losses_without_touching_the_batch(monkeypatch):
+    """Same weights, same batch, same random streams: MaskRCNNFast's losses are MaskRCNN's, bit for bit, and the
+    caller's samples keep their labels (the RPN's copy got the zeros); mmdet's deepcopy copies no mask."""
+    import copy as copy_module
+
+    from mmengine.config import Config
+
+    import convnextv2_dense  # noqa: F401  (registers the variants)
+    from convnextv2_dense.bench.full import _det_data
+    cfg = Config.fromfile('configs/demo/mask-rcnn_convnextv2_atto_demo.py').model
+    cfg.backbone.init_cfg = None
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        fast = MODELS.build(cfg)
+        stock = MODELS.build(dict(cfg, type='MaskRCNN'))
+    assert type(fast).__name__ == 'MaskRCNNFast' and type(fast).__mro__[1] is type(stock)
+    stock.load_state_dict(fast.state_dict())
+    data = _det_data(2, 128, num_classes=3, boxes=3)
+    labels = [s.gt_instances.labels.clone() for s in data['data_samples']]
+    copied_masks = []
+    real_deepcopy = copy_module.deepcopy
+
+    def spy(value, memo=None):
+        out = real_deepcopy(value, memo)
+        if isinstance(value, list) and value and hasattr(value[0], 'gt_instances'):  # a batch's samples
+            copied_masks.extend(new.gt_instances.masks is not old.gt_instances.masks for old, new in zip(value, out))
+        return out
+    losses = []
+    for model in (fast, stock):
+        batch = model.train().data_preprocessor(copy_module.deepcopy(data), True)
+        monkeypatch.setattr(copy_module, 'deepcopy', spy)
+        torch.manual_seed(7)
+        losses.append(model.loss(batch['inputs'], batch['data_samples']))
+        monkeypatch.setattr(copy_module, 'deepcopy', real_deepcopy)
+        assert all(torch.equal(s.gt_instances.labels, l) for s, l in zip(batch['data_samples'], labels))
+    assert copied_masks == [False, False, True, True]  # ours shares them; mmdet's copies each image's
+    (ours, mmdets) = losses
+    assert set(ours) == set(mmdets)
+    for key in ours:
+        for a, b in zip(*(v if isinstance(v, list) else [v] for v in (ours[key], mmdets[key]))):
+            assert torch.equal(a, b), key
