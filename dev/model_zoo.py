@@ -105,7 +105,7 @@ def family_of(cfg: Any, path: Path) -> Family:
     """The family a config belongs to, read from its scope and model."""
     if cfg.default_scope == 'mmseg' and cfg.model.decode_head.type in ('UPerHead', 'UPerHeadFast'):
         return UPERNET
-    if cfg.default_scope == 'mmdet' and cfg.model.type == 'MaskRCNN':
+    if cfg.default_scope == 'mmdet' and cfg.model.type in ('MaskRCNN', 'MaskRCNNFast'):
         return MASK_RCNN
     if cfg.default_scope == 'mmdet' and cfg.model.type == 'CascadeRCNN':
         return CASCADE
