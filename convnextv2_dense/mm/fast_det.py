@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch.nn.modules.utils import _pair
 
-from .fast_heads import swapped_globals
+from .patching import swapped_globals
 
 STOCK_TYPES: dict[str, str] = {'MaxIoUAssignerFast': 'MaxIoUAssigner', 'RandomSamplerFast': 'RandomSampler',
                                'FCNMaskHeadFast': 'FCNMaskHead', 'SingleRoIExtractorFast': 'SingleRoIExtractor',

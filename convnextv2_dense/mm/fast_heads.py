@@ -12,14 +12,12 @@ Training in one thread per process, as mmengine does, is assumed.
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch.nn.functional
 
 from .fast_ops import argmax_accuracy, recomputed_cross_entropy, upsample_bilinear
+from .patching import swapped_globals
 
 STOCK_TYPES: dict[str, str] = {'UPerHeadFast': 'UPerHead', 'FCNHeadFast': 'FCNHead'}
 
@@ -46,20 +44,6 @@ class _FunctionalWithRecomputedCrossEntropy:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(torch.nn.functional, name)
-
-
-@contextmanager
-def swapped_globals(module_name: str, **replacements: Any) -> Iterator[None]:
-    """Replace module-level names of an imported module for the duration of the ``with`` block (one thread)."""
-    module = sys.modules[module_name]
-    saved = {name: getattr(module, name) for name in replacements}
-    for name, value in replacements.items():
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
 
 
 def _variant(name: str, base: type, forward_module: str | None) -> type:

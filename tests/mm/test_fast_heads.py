@@ -127,9 +127,11 @@ def test_recomputed_cross_entropy_leaves_other_calls_to_torch(kwargs):
 
 
 def _heads(registry, fast: str, stock: str, **cfg):
+    from mmengine.registry import DefaultScope
     torch.manual_seed(0)
-    head_fast = registry.build(dict(type=fast, **cfg))
-    head_stock = registry.build(dict(type=stock, **cfg))
+    with DefaultScope.overwrite_default_scope('mmseg'):  # whatever scope an earlier test left current
+        head_fast = registry.build(dict(type=fast, **cfg))
+        head_stock = registry.build(dict(type=stock, **cfg))
     with torch.no_grad():
         for param in head_fast.parameters():
             param.normal_(0, 0.1)
