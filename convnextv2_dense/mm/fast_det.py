@@ -14,8 +14,14 @@ features, mask targets and losses.
   10-13 ms of host time per Mask R-CNN step at 4 x 1024x1024, docs/benchmarks.md). Here both counts come over
   together, and each subset is the members with the largest of uniform random keys: uniform, as before, and
   in increasing order, as mmdet's; the values differ because the random stream is the device's.
-- ``RPNHeadFast`` finds each image's anchors inside its border once, as indices (mmdet's uses a boolean mask
-  six times: six synchronisations per image); the same targets.
+- ``RPNHeadFast`` computes the targets of the whole batch in one pass (``get_targets``): mmdet loops over the
+  images (assign, sample, encode and unmap: about 100 operations per image, each a kernel launch on a GPU, and
+  two synchronisations). Here each image's IoUs are stacked, padded to the batch's most boxes, and the
+  assignment, the draw (:func:`.fast_targets.sample_pos_neg_masks`) and the targets run once for the batch,
+  with one synchronisation (mmdet's ``avg_factor``, an int): the same targets as mmdet's where the draw takes
+  every anchor, else the same numbers of the same kinds of anchors, drawn uniformly. A batch it cannot take
+  (an image without boxes, ignored boxes, another assigner or sampler) takes mmdet's loop, where each image's
+  anchors inside its border are found once, as indices (mmdet's uses a boolean mask six times).
 - ``SingleRoIExtractorFast`` finds the RoIs of every pyramid level from one count (mmdet's runs ``nonzero``
   per level: four synchronisations per call); the same RoIs in the same order, so the same features.
 - ``FCNMaskHeadFast`` computes the mask targets without host round trips. mmdet's copies each image's
@@ -39,125 +45,15 @@ import types
 from typing import Any
 
 import torch
-from torch.nn.modules.utils import _pair
+from torch.nn.utils.rnn import pad_sequence
 
+from .fast_targets import (mask_targets_single, max_iou_assign, rois_by_level, sample_pos_neg,
+                           sample_pos_neg_masks, scatter_rows)
 from .patching import swapped_globals
 
 STOCK_TYPES: dict[str, str] = {'MaxIoUAssignerFast': 'MaxIoUAssigner', 'RandomSamplerFast': 'RandomSampler',
                                'FCNMaskHeadFast': 'FCNMaskHead', 'SingleRoIExtractorFast': 'SingleRoIExtractor',
                                'RPNHeadFast': 'RPNHead', 'MaskRCNNFast': 'MaskRCNN'}
-
-
-def max_iou_assign(overlaps: torch.Tensor, gt_labels: torch.Tensor, pos_iou_thr: float, neg_iou_thr: Any,
-                   min_pos_iou: float, match_low_quality: bool,
-                   gt_max_assign_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """mmdet's ``MaxIoUAssigner.assign_wrt_overlaps`` for at least one box and one prior, with no host
-    synchronisation: ``(gt_inds, max_overlaps, labels)`` (1-based box index, 0 background, -1 ignored).
-
-    Args:
-        overlaps (Tensor): IoUs of the k ground-truth boxes with the n priors, (k, n).
-        gt_labels (Tensor): The boxes' labels, (k,).
-        pos_iou_thr, neg_iou_thr, min_pos_iou, match_low_quality, gt_max_assign_all: as MaxIoUAssigner's.
-    """
-    num_gts, num_priors = overlaps.shape
-    max_overlaps, argmax_overlaps = overlaps.max(dim=0)
-    gt_max_overlaps, gt_argmax_overlaps = overlaps.max(dim=1)
-    gt_inds = overlaps.new_full((num_priors,), -1, dtype=torch.long)
-    if isinstance(neg_iou_thr, float):
-        gt_inds.masked_fill_((max_overlaps >= 0) & (max_overlaps < neg_iou_thr), 0)
-    elif isinstance(neg_iou_thr, tuple):
-        if len(neg_iou_thr) != 2:
-            raise ValueError(f'neg_iou_thr as a tuple is (low, high), got {neg_iou_thr}')
-        gt_inds.masked_fill_((max_overlaps >= neg_iou_thr[0]) & (max_overlaps < neg_iou_thr[1]), 0)
-    gt_inds = torch.where(max_overlaps >= pos_iou_thr, argmax_overlaps + 1, gt_inds)
-    if match_low_quality:
-        # each box with a good enough best IoU claims its best priors (all that tie, or its argmax); mmdet
-        # loops over the boxes in order, so where several claim one prior the last box wins
-        eligible = (gt_max_overlaps >= min_pos_iou)[:, None]
-        if gt_max_assign_all:
-            claims = (overlaps == gt_max_overlaps[:, None]) & eligible
-        else:
-            claims = torch.zeros_like(overlaps, dtype=torch.bool).scatter_(1, gt_argmax_overlaps[:, None], eligible)
-        from_last = claims.flip(0).to(torch.uint8).argmax(dim=0)  # argmax takes the first of equal values
-        gt_inds = torch.where(claims.any(dim=0), num_gts - from_last, gt_inds)
-    # (a -1 made with new_tensor would be a host-to-device copy, a synchronisation)
-    labels = gt_labels[(gt_inds - 1).clamp(min=0)].long().masked_fill(gt_inds <= 0, -1)
-    return gt_inds, max_overlaps, labels
-
-
-def sample_pos_neg(gt_inds: torch.Tensor, num: int, pos_fraction: float,
-                   neg_pos_ub: float = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    """mmdet ``RandomSampler``'s draw of positives and negatives from one image's assignment, with one host
-    synchronisation (the two counts): ``(pos_inds, neg_inds)``, each increasing, as mmdet's (after its
-    ``unique()``) are.
-
-    Args:
-        gt_inds (Tensor): The assignment, (n,): > 0 positive, 0 negative, -1 ignored.
-        num, pos_fraction, neg_pos_ub: as RandomSampler's.
-    """
-    positive, negative = gt_inds > 0, gt_inds == 0
-    num_pos, num_neg = torch.stack([positive.sum(), negative.sum()]).tolist()
-    take_pos = min(num_pos, int(num * pos_fraction))
-    take_neg = num - take_pos
-    if neg_pos_ub >= 0:
-        take_neg = min(take_neg, int(neg_pos_ub * max(1, take_pos)))
-    take_neg = min(take_neg, num_neg)
-    # the k largest of independent uniform keys are a uniform k-subset; the two sets are disjoint, so one
-    # draw of keys serves both
-    keys = torch.rand(gt_inds.shape, device=gt_inds.device)
-    return _largest_keys(keys, positive, take_pos), _largest_keys(keys, negative, take_neg)
-
-
-def _largest_keys(keys: torch.Tensor, member: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` members with the largest keys (keys in [0, 1); k <= the members), increasing."""
-    return torch.where(member, keys, -1.0).topk(k, sorted=False).indices.sort().values
-
-
-def mask_targets_single(boxes: torch.Tensor, gt_inds: torch.Tensor, gt_masks: Any, mask_size: Any,
-                        binarize: bool = True) -> torch.Tensor:
-    """The mask targets of one image's positive boxes, computed where the boxes are (no host round trip).
-
-    Args:
-        boxes (Tensor): Positive boxes, (N, 4) as x1, y1, x2, y2 in the image's pixels.
-        gt_inds (Tensor): Index of the ground-truth mask each box is assigned to, (N,).
-        gt_masks (BitmapMasks): The image's ground-truth masks (numpy, on the host, as the pipeline makes them).
-        mask_size (int | tuple[int, int]): Output (h, w).
-        binarize (bool): Round the resampled masks to 0 / 1 (mmdet's default; ``soft_mask_target`` off).
-
-    Returns:
-        Tensor: (N, h, w) float32 targets, equal to mmdet's ``mask_target_single``.
-    """
-    from mmcv.ops import roi_align
-    size = _pair(mask_size)
-    if boxes.shape[0] == 0 or len(gt_masks.masks) == 0:
-        return boxes.new_zeros((0, *size), dtype=torch.float32)
-    device = boxes.device
-    masks = torch.from_numpy(gt_masks.masks)
-    masks = masks.pin_memory().to(device, non_blocking=True) if device.type == 'cuda' else masks.to(device)
-    boxes = boxes.clone()
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, gt_masks.width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, gt_masks.height)
-    # mmdet's BitmapMasks.crop_and_resize copies each box's mask out (one full-image float mask per positive
-    # box: 128 x 4 MiB at 1024x1024) and RoIAligns box i on copy i. The box's ground-truth index as the RoI's
-    # batch index reads the same values from one float copy of the image's masks: the same RoIAlign, so the
-    # same targets, with one copy per mask instead of one per box.
-    rois = torch.cat([gt_inds.to(device=device, dtype=boxes.dtype)[:, None], boxes], dim=1)
-    targets = roi_align(masks.to(boxes.dtype)[:, None], rois, size, 1.0, 0, 'avg', True).squeeze(1)
-    return (targets >= 0.5).float() if binarize else targets.float()
-
-
-def scatter_rows(rows: torch.Tensor, count: int, inds: torch.Tensor, fill: float = 0) -> torch.Tensor:
-    """mmdet's ``unmap`` with the subset given as indices: ``count`` rows of ``fill``, ``rows`` put at ``inds``."""
-    out = rows.new_full((count, *rows.shape[1:]), fill)
-    out[inds] = rows
-    return out
-
-
-def rois_by_level(target_lvls: torch.Tensor, num_levels: int) -> tuple[torch.Tensor, ...]:
-    """For each level, the increasing indices of the RoIs assigned to it (``nonzero(target_lvls == level)``
-    for every level at the cost of one host synchronisation, the counts)."""
-    counts = torch.bincount(target_lvls, minlength=num_levels).tolist()
-    return torch.argsort(target_lvls, stable=True).split(counts)
 
 
 def copy_sharing_masks(samples: list) -> list:
@@ -301,6 +197,64 @@ def det_classes() -> dict[str, type]:
                 bbox_targets = scatter_rows(bbox_targets, total, inside)
                 bbox_weights = scatter_rows(bbox_weights, total, inside)
             return labels, label_weights, bbox_targets, bbox_weights, pos_inds, neg_inds, sampling_result
+
+        def get_targets(self, anchor_list, valid_flag_list, batch_gt_instances, batch_img_metas,
+                        batch_gt_instances_ignore=None, unmap_outputs=True, return_sampling_results=False):
+            if not self._targets_in_one_pass(anchor_list, batch_gt_instances, batch_gt_instances_ignore,
+                                              unmap_outputs, return_sampling_results):
+                return super().get_targets(anchor_list, valid_flag_list, batch_gt_instances, batch_img_metas,
+                                           batch_gt_instances_ignore, unmap_outputs, return_sampling_results)
+            # mmdet's loop over the images (assign, sample, encode, unmap: ~100 operations per image), as one
+            # pass over the batch: the anchors are the images' same grids; each image's IoUs with them, padded
+            # with -1 to the batch's most boxes and with -1 where an anchor is outside the image, assign as
+            # mmdet's assigner does on the image's anchors inside
+            num_level_anchors = [anchors.size(0) for anchors in anchor_list[0]]
+            anchors = get_box_tensor(cat_boxes(anchor_list[0]))
+            border = self.train_cfg['allowed_border']
+            inside = torch.stack([anchor_inside_flags(anchors, torch.cat(flags), meta['img_shape'][:2], border)
+                                  for flags, meta in zip(valid_flag_list, batch_img_metas)])
+            assigner, sampler = self.assigner, self.sampler
+            overlaps = pad_sequence([assigner.iou_calculator(gt.bboxes, anchors) for gt in batch_gt_instances],
+                                    batch_first=True, padding_value=-1.)
+            gt_inds, _, gt_labels = max_iou_assign(
+                overlaps.masked_fill_(~inside[:, None, :], -1.),
+                pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True), assigner.pos_iou_thr,
+                assigner.neg_iou_thr, assigner.min_pos_iou, assigner.match_low_quality, assigner.gt_max_assign_all)
+            del overlaps
+            pos, neg, avg_factors = sample_pos_neg_masks(gt_inds, torch.rand(gt_inds.shape, device=gt_inds.device),
+                                                         sampler.num, sampler.pos_fraction, sampler.neg_pos_ub)
+            # every anchor's deltas to its box (elementwise, so the positives' are mmdet's), kept at the positives
+            boxes = pad_sequence([get_box_tensor(gt.bboxes) for gt in batch_gt_instances], batch_first=True)
+            matched = boxes.gather(1, (gt_inds - 1).clamp(min=0)[..., None].expand(-1, -1, boxes.size(-1)))
+            deltas = self.bbox_coder.encode(anchors.expand(len(matched), -1, -1).reshape(-1, anchors.size(-1)),
+                                            matched.reshape(-1, matched.size(-1))).view(*pos.shape, -1)
+            bbox_targets = torch.where(pos[..., None], deltas, 0.).to(anchors.dtype)
+            bbox_weights = pos[..., None].expand_as(bbox_targets).to(anchors.dtype)
+            labels = torch.where(pos, gt_labels, self.num_classes)
+            pos_weight = self.train_cfg['pos_weight']
+            label_weights = torch.where(pos, 1.0 if pos_weight <= 0 else pos_weight, neg.float())
+            # one host read: mmdet's avg_factor (an int) and whether every image has an anchor inside
+            avg_factor, has_inside = torch.stack([avg_factors.sum(), inside.any(-1).all().long()]).tolist()
+            if not has_inside:
+                raise ValueError('There is no valid anchor inside the image boundary. Please check the image size '
+                                 'and anchor sizes, or set ``allowed_border`` to -1 to skip the condition.')
+            by_level = functools.partial(torch.split, split_size_or_sections=num_level_anchors, dim=1)
+            return (list(by_level(labels)), list(by_level(label_weights)), list(by_level(bbox_targets)),
+                    list(by_level(bbox_weights)), avg_factor)
+
+        def _targets_in_one_pass(self, anchor_list, batch_gt_instances, batch_gt_instances_ignore, unmap_outputs,
+                                 return_sampling_results) -> bool:
+            """Whether :meth:`get_targets` can take the batch in one pass: the images share their anchors, each has
+            boxes, no box is ignored, and the assigner and sampler are ones it knows (else mmdet's loop)."""
+            assigner, sampler = self.assigner, self.sampler
+            ignored = batch_gt_instances_ignore is not None and any(
+                i is not None and len(i) > 0 for i in batch_gt_instances_ignore)
+            return (unmap_outputs and not return_sampling_results and not self.reg_decoded_bbox
+                    and all(anchors is anchor_list[0] for anchors in anchor_list)
+                    and all(len(gt) > 0 for gt in batch_gt_instances)
+                    and isinstance(assigner, MaxIoUAssigner) and assigner.perm_repeat_gt_cfg is None
+                    and assigner.gpu_assign_thr <= 0 and not (assigner.ignore_iof_thr > 0 and ignored)
+                    and type(sampler) is RandomSamplerFast and not sampler.add_gt_as_proposals)
 
     class MaskRCNNFast(MaskRCNN):
         """mmdet's MaskRCNN whose RPN gets its copy of the batch without copies of the ground-truth masks

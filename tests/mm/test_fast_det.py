@@ -14,7 +14,8 @@ from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
 from convnextv2_dense.bench.sync_ops import would_sync_sites  # noqa: E402
-from convnextv2_dense.mm.fast_det import mask_targets_single, sample_pos_neg  # noqa: E402
+from convnextv2_dense.mm.fast_targets import (_largest_keys, mask_targets_single, sample_pos_neg,  # noqa: E402
+                                              sample_pos_neg_masks)
 from mmdet.registry import MODELS, TASK_UTILS  # noqa: E402
 from mmdet.structures.mask import BitmapMasks, PolygonMasks, mask_target  # noqa: E402
 
@@ -289,32 +290,23 @@ def test_the_fast_roi_extractor_gives_mmdets_features_and_gradients(sizes):
     assert sum(n for _, n in would_sync_sites(lambda: fast(feats, rois))) == 1
 
 
-@pytest.mark.parametrize('allowed_border', [-1, 0])
-def test_the_fast_rpn_head_gives_mmdets_targets(allowed_border):
-    train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
-                                         match_low_quality=True, ignore_iof_thr=-1),
-                           sampler=dict(type='PseudoSampler'),  # takes every anchor: the two heads compare
-                           allowed_border=allowed_border, pos_weight=-1, debug=False)
-    options = dict(in_channels=4, feat_channels=4, train_cfg=train_cfg,
-                   anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0],
-                                         strides=[4, 8]))
-    fast = build_in_mmdet(MODELS, dict(type='RPNHeadFast', **options))
-    stock = build_in_mmdet(MODELS, dict(type='RPNHead', **options))
-    assert isinstance(fast, type(stock)) and type(fast).__name__ == 'RPNHeadFast'
-    anchors = torch.cat(stock.prior_generator.grid_priors([(16, 16), (8, 8)], device='cpu'))
-    valid = torch.cat(stock.prior_generator.valid_flags([(16, 16), (8, 8)], (56, 64), device='cpu'))
-    assert not valid.all()  # anchors over the padding: the subset matters
-    truth = InstanceData(bboxes=torch.tensor([[3., 4, 20, 30], [30, 10, 60, 40], [0, 40, 12, 55]]),
-                         labels=torch.zeros(3, dtype=torch.long))
-    meta = dict(img_shape=(50, 60))
-    got = fast._get_targets_single(anchors, valid, truth, meta)
-    want = stock._get_targets_single(anchors, valid, truth, meta)
-    for name, a, b in zip(('labels', 'label_weights', 'bbox_targets', 'bbox_weights', 'pos_inds', 'neg_inds'),
-                          got, want):
-        assert a.dtype == b.dtype and torch.equal(a, b), name
-    assert (got[0] == 0).any() and got[1].sum() > 0 and got[3].sum() > 0  # positives and weights occur
-    with pytest.raises(ValueError, match='There is no valid anchor inside the image boundary'):
-        fast._get_targets_single(anchors, torch.zeros_like(valid), truth, meta)
+@pytest.mark.parametrize('neg_pos_ub', [-1, 2])
+def test_the_batched_draw_is_each_images_draw_with_its_keys(neg_pos_ub):
+    counts = [(5, 20, 7), (0, 30, 2), (3, 0, 9), (0, 0, 32), (40, 200, 50)]  # 32 priors pad the short ones
+    rows = [assignment(seed, *c) for seed, c in enumerate(counts)]
+    width = max(r.numel() for r in rows)
+    gt_inds = torch.stack([torch.cat([r, r.new_full((width - r.numel(),), -1)]) for r in rows])
+    keys = torch.randperm(gt_inds.numel(), generator=torch.Generator().manual_seed(0)).view_as(gt_inds) / 1e4
+    num, fraction = 64, 0.25
+    pos, neg, avg = sample_pos_neg_masks(gt_inds, keys, num, fraction, neg_pos_ub)
+    for i, (p, n) in enumerate(zip(*sample_pos_neg_masks(gt_inds, keys, num, fraction, neg_pos_ub)[:2])):
+        want_pos, want_neg = sample_pos_neg(gt_inds[i], num, fraction, neg_pos_ub)  # the sizes, from other keys
+        assert p.sum() == want_pos.numel() and n.sum() == want_neg.numel()
+        # the same rule on the same keys as the per-image draw
+        assert torch.equal(p.nonzero().squeeze(1), _largest_keys(keys[i], gt_inds[i] > 0, want_pos.numel()))
+        assert torch.equal(n.nonzero().squeeze(1), _largest_keys(keys[i], gt_inds[i] == 0, want_neg.numel()))
+        assert avg[i] == max(want_pos.numel(), 1) + max(want_neg.numel(), 1)  # mmdet's SamplingResult.avg_factor
+    assert not (pos & neg).any() and pos.sum() > 0 and neg.sum() > 0
 
 
 def test_the_rpns_copy_of_the_batch_shares_the_masks_and_copies_the_rest():

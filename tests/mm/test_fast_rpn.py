@@ -1,0 +1,137 @@
+"""RPNHeadFast gives mmdet RPNHead's targets: per image (mmdet's loop, its anchors inside found once) and for
+the whole batch in one pass (CPU; the GPU test where one is present)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip('mmdet')
+pytest.importorskip('mmcv.ops')
+
+from mmengine.config import ConfigDict  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
+from mmengine.structures import InstanceData  # noqa: E402
+
+from convnextv2_dense.bench.sync_ops import would_sync_sites  # noqa: E402
+from mmdet.registry import MODELS  # noqa: E402
+
+
+def build_in_mmdet(cfg: dict):
+    with DefaultScope.overwrite_default_scope('mmdet'):  # only here: other tests' scopes stay theirs
+        return MODELS.build(cfg)
+
+
+@pytest.mark.parametrize('allowed_border', [-1, 0])
+def test_the_fast_rpn_head_gives_mmdets_targets(allowed_border):
+    train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                                         match_low_quality=True, ignore_iof_thr=-1),
+                           sampler=dict(type='PseudoSampler'),  # takes every anchor: the two heads compare
+                           allowed_border=allowed_border, pos_weight=-1, debug=False)
+    options = dict(in_channels=4, feat_channels=4, train_cfg=train_cfg,
+                   anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0],
+                                         strides=[4, 8]))
+    fast = build_in_mmdet(dict(type='RPNHeadFast', **options))
+    stock = build_in_mmdet(dict(type='RPNHead', **options))
+    assert isinstance(fast, type(stock)) and type(fast).__name__ == 'RPNHeadFast'
+    anchors = torch.cat(stock.prior_generator.grid_priors([(16, 16), (8, 8)], device='cpu'))
+    valid = torch.cat(stock.prior_generator.valid_flags([(16, 16), (8, 8)], (56, 64), device='cpu'))
+    assert not valid.all()  # anchors over the padding: the subset matters
+    truth = InstanceData(bboxes=torch.tensor([[3., 4, 20, 30], [30, 10, 60, 40], [0, 40, 12, 55]]),
+                         labels=torch.zeros(3, dtype=torch.long))
+    meta = dict(img_shape=(50, 60))
+    got = fast._get_targets_single(anchors, valid, truth, meta)
+    want = stock._get_targets_single(anchors, valid, truth, meta)
+    for name, a, b in zip(('labels', 'label_weights', 'bbox_targets', 'bbox_weights', 'pos_inds', 'neg_inds'),
+                          got, want):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert (got[0] == 0).any() and got[1].sum() > 0 and got[3].sum() > 0  # positives and weights occur
+    with pytest.raises(ValueError, match='There is no valid anchor inside the image boundary'):
+        fast._get_targets_single(anchors, torch.zeros_like(valid), truth, meta)
+
+
+def rpn_heads(allowed_border: int, num: int = 100_000):
+    """RPNHeadFast and mmdet's RPNHead with the Mask R-CNN assigner; the samplers draw ``num`` anchors (by
+    default more than there are: every one is taken, so the two heads' targets compare)."""
+    train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
+                                         match_low_quality=True, ignore_iof_thr=-1),
+                           sampler=dict(num=num, pos_fraction=0.5, neg_pos_ub=-1, add_gt_as_proposals=False),
+                           allowed_border=allowed_border, pos_weight=-1, debug=False)
+    options = dict(in_channels=4, feat_channels=4,
+                   anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0], strides=[4, 8]))
+    fast_cfg = train_cfg.copy()  # the shipped configs' variants (the same numbers, without host copies)
+    fast_cfg.sampler = dict(train_cfg.sampler, type='RandomSamplerFast')
+    fast_cfg.assigner = dict(train_cfg.assigner, type='MaxIoUAssignerFast',
+                             iou_calculator=dict(type='BboxOverlaps2DFast'))
+    stock_cfg = train_cfg.copy()
+    stock_cfg.sampler = dict(train_cfg.sampler, type='RandomSampler')
+    return (build_in_mmdet(dict(type='RPNHeadFast', train_cfg=fast_cfg,
+                                        bbox_coder=dict(type='DeltaXYWHBBoxCoderFast'), **options)),
+            build_in_mmdet(dict(type='RPNHead', train_cfg=stock_cfg, **options)))
+
+
+def rpn_batch(device='cpu', boxes_per_image=(3, 1, 2)):
+    """Three images of different sizes in one padded 64x64 batch (anchors over the padding), their boxes."""
+    gen = torch.Generator().manual_seed(4)
+    metas = [dict(img_shape=(50, 60), pad_shape=(64, 64)), dict(img_shape=(64, 40), pad_shape=(64, 64)),
+             dict(img_shape=(64, 64), pad_shape=(64, 64))]
+    truths = []
+    for n in boxes_per_image:
+        xy = torch.rand(n, 2, generator=gen) * 40
+        boxes = torch.cat([xy, xy + 4 + torch.rand(n, 2, generator=gen) * 30], dim=1)
+        truths.append(InstanceData(bboxes=boxes.to(device), labels=torch.zeros(n, dtype=torch.long, device=device)))
+    return truths, metas
+
+
+@pytest.mark.parametrize('allowed_border', [-1, 0])
+@pytest.mark.parametrize('boxes_per_image', [(3, 1, 2), (3, 0, 2)])  # an image without boxes: mmdet's loop
+def test_the_fast_rpn_head_gives_mmdets_targets_for_the_batch_in_one_pass(allowed_border, boxes_per_image):
+    fast, stock = rpn_heads(allowed_border)
+    truths, metas = rpn_batch(boxes_per_image=boxes_per_image)
+    anchors, valid = stock.get_anchors([(16, 16), (8, 8)], metas, device='cpu')
+    got = fast.get_targets(anchors, valid, truths, metas)
+    want = stock.get_targets(anchors, valid, truths, metas)
+    for name, a, b in zip(('labels', 'label_weights', 'bbox_targets', 'bbox_weights'), got[:4], want[:4]):
+        assert len(a) == len(b) == 2, name  # per level
+        for level_a, level_b in zip(a, b):
+            assert level_a.dtype == level_b.dtype and torch.equal(level_a, level_b), name
+    assert got[4] == want[4] and isinstance(got[4], int)  # avg_factor
+    labels, weights = (torch.cat(levels, dim=1) for levels in got[:2])
+    assert (labels == 0).any() and (weights == 0).any()  # positives; anchors left out (over the padding)
+    one_pass = 0 not in boxes_per_image
+    syncs = sum(n for _, n in would_sync_sites(lambda: fast.get_targets(anchors, valid, truths, metas)))
+    assert syncs == 1 if one_pass else syncs > 3, syncs  # one pass reads avg_factor; the loop syncs per image
+
+
+def test_the_one_pass_draws_mmdets_numbers_of_anchors():
+    fast, stock = rpn_heads(-1, num=64)
+    truths, metas = rpn_batch()
+    anchors, valid = stock.get_anchors([(16, 16), (8, 8)], metas, device='cpu')
+    torch.manual_seed(0)
+    got = fast.get_targets(anchors, valid, truths, metas)
+    want = stock.get_targets(anchors, valid, truths, metas)
+    weights = [torch.cat(levels, dim=1) for levels in (got[1], want[1])]
+    positives = [(torch.cat(levels, dim=1) == 0) for levels in (got[0], want[0])]
+    assert torch.equal(weights[0].sum(1), weights[1].sum(1)) and got[4] == want[4]  # 64 a image, or all there are
+    assert torch.equal(positives[0].sum(1), positives[1].sum(1))
+    assert torch.equal(torch.cat(got[3], dim=1)[..., 0].bool(), positives[0])  # box weights at the positives
+
+
+def test_the_one_pass_raises_mmdets_error_when_an_image_has_no_anchor_inside():
+    fast, stock = rpn_heads(0)
+    truths, metas = rpn_batch()
+    anchors, valid = stock.get_anchors([(16, 16), (8, 8)], metas, device='cpu')
+    valid[1] = [torch.zeros_like(flags) for flags in valid[1]]
+    with pytest.raises(ValueError, match='There is no valid anchor inside the image boundary'):
+        fast.get_targets(anchors, valid, truths, metas)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_on_the_gpu_the_one_pass_gives_the_cpus_targets():
+    fast, stock = rpn_heads(0)
+    got = []
+    for device in ('cpu', 'cuda'):
+        truths, metas = rpn_batch(device)
+        anchors, valid = fast.get_anchors([(16, 16), (8, 8)], metas, device=device)
+        got.append(fast.get_targets(anchors, valid, truths, metas))
+    cpu, cuda = (torch.cat([torch.cat(levels, dim=1).flatten().double() for levels in g[:4]]) for g in got)
+    assert torch.allclose(cpu, cuda.cpu(), rtol=1e-6, atol=1e-6) and got[0][4] == got[1][4]
