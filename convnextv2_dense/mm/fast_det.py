@@ -21,7 +21,9 @@ features, mask targets and losses.
   with one synchronisation (mmdet's ``avg_factor``, an int): the same targets as mmdet's where the draw takes
   every anchor, else the same numbers of the same kinds of anchors, drawn uniformly. A batch it cannot take
   (an image without boxes, ignored boxes, another assigner or sampler) takes mmdet's loop, where each image's
-  anchors inside its border are found once, as indices (mmdet's uses a boolean mask six times).
+  anchors inside its border are found once, as indices (mmdet's uses a boolean mask six times). Its proposals
+  (``predict_by_feat``) are likewise made for the batch at once up to each image's NMS: each level's scores
+  sorted once for the batch, not once per image, and one decode: the same proposals, bit for bit.
 - ``SingleRoIExtractorFast`` finds the RoIs of every pyramid level from one count (mmdet's runs ``nonzero``
   per level: four synchronisations per call); the same RoIs in the same order, so the same features.
 - ``FCNMaskHeadFast`` computes the mask targets without host round trips. mmdet's copies each image's
@@ -255,6 +257,57 @@ def det_classes() -> dict[str, type]:
                     and isinstance(assigner, MaxIoUAssigner) and assigner.perm_repeat_gt_cfg is None
                     and assigner.gpu_assign_thr <= 0 and not (assigner.ignore_iof_thr > 0 and ignored)
                     and type(sampler) is RandomSamplerFast and not sampler.add_gt_as_proposals)
+
+        def predict_by_feat(self, cls_scores, bbox_preds, score_factors=None, batch_img_metas=None, cfg=None,
+                            rescale=False, with_nms=True):
+            if not self._proposals_in_one_pass(score_factors, batch_img_metas, with_nms):
+                return super().predict_by_feat(cls_scores, bbox_preds, score_factors, batch_img_metas, cfg,
+                                               rescale, with_nms)
+            # mmdet's _predict_by_feat_single before its NMS (per image and level: scores, their top nms_pre,
+            # those anchors and deltas; then the decode), for every image at once: the same values, sorted the
+            # same way; each image's NMS and filter stay mmdet's (_bbox_post_process)
+            cfg = self.test_cfg if cfg is None else cfg
+            num_imgs, reg_dim = len(batch_img_metas), self.bbox_coder.encode_size
+            mlvl_priors = self.prior_generator.grid_priors([score.shape[-2:] for score in cls_scores],
+                                                           dtype=cls_scores[0].dtype, device=cls_scores[0].device)
+            nms_pre = cfg.get('nms_pre', -1)
+            scores, deltas, priors, level_ids = [], [], [], []
+            for level, (cls_score, bbox_pred, level_priors) in enumerate(zip(cls_scores, bbox_preds, mlvl_priors)):
+                score = cls_score.detach().permute(0, 2, 3, 1).reshape(num_imgs, -1).sigmoid()
+                delta = bbox_pred.detach().permute(0, 2, 3, 1).reshape(num_imgs, -1, reg_dim)
+                if 0 < nms_pre < score.size(1):
+                    score, order = score.sort(dim=1, descending=True)
+                    score, order = score[:, :nms_pre], order[:, :nms_pre]
+                    delta = delta.gather(1, order[..., None].expand(-1, -1, reg_dim))
+                    level_priors = level_priors[order]
+                else:
+                    level_priors = level_priors.expand(num_imgs, -1, -1)
+                scores.append(score)
+                deltas.append(delta)
+                priors.append(level_priors)
+                level_ids.append(torch.full((score.size(1),), level, dtype=torch.long, device=score.device))
+            priors, deltas = torch.cat(priors, dim=1), torch.cat(deltas, dim=1)
+            bboxes = self.bbox_coder.decode(priors.reshape(-1, priors.size(-1)), deltas.reshape(-1, reg_dim))
+            bboxes = bboxes.view(num_imgs, -1, bboxes.size(-1))
+            scores, level_ids = torch.cat(scores, dim=1), torch.cat(level_ids)
+            results = []
+            for boxes, image_scores, meta in zip(bboxes, scores, batch_img_metas):
+                if self.bbox_coder.clip_border:  # the decode's clip to the image, as mmdet's delta2bbox
+                    height, width = meta['img_shape'][:2]
+                    boxes[:, 0::2].clamp_(min=0, max=width)
+                    boxes[:, 1::2].clamp_(min=0, max=height)
+                image = InstanceData(bboxes=boxes, scores=image_scores, level_ids=level_ids)
+                results.append(self._bbox_post_process(image, copy.deepcopy(cfg), rescale=rescale, img_meta=meta))
+            return results
+
+        def _proposals_in_one_pass(self, score_factors, batch_img_metas, with_nms) -> bool:
+            """Whether :meth:`predict_by_feat` can take the batch in one pass (sigmoid scores of one class,
+            mmdet's delta coder, no score factors), else mmdet's loop."""
+            coder = self.bbox_coder
+            return (score_factors is None and with_nms and batch_img_metas is not None and self.use_sigmoid_cls
+                    and self.cls_out_channels == 1 and not torch.onnx.is_in_onnx_export()
+                    and type(coder).__name__ in ('DeltaXYWHBBoxCoder', 'DeltaXYWHBBoxCoderFast')
+                    and not coder.use_box_type)
 
     class MaskRCNNFast(MaskRCNN):
         """mmdet's MaskRCNN whose RPN gets its copy of the batch without copies of the ground-truth masks

@@ -135,3 +135,65 @@ def test_on_the_gpu_the_one_pass_gives_the_cpus_targets():
         got.append(fast.get_targets(anchors, valid, truths, metas))
     cpu, cuda = (torch.cat([torch.cat(levels, dim=1).flatten().double() for levels in g[:4]]) for g in got)
     assert torch.allclose(cpu, cuda.cpu(), rtol=1e-6, atol=1e-6) and got[0][4] == got[1][4]
+
+
+def proposal_heads(**coder):
+    """RPNHeadFast and mmdet's RPNHead, five anchor levels, the Mask R-CNN proposal settings with a small nms_pre
+    (so the top-k per level matters)."""
+    cfg = ConfigDict(nms_pre=50, max_per_img=40, nms=dict(type='nms', iou_threshold=0.7), min_bbox_size=0)
+    options = dict(in_channels=4, feat_channels=4, test_cfg=cfg,
+                   anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
+                                         strides=[4, 8, 16, 32, 64]))
+    fast_coder = dict(type='DeltaXYWHBBoxCoderFast', **coder)
+    return (build_in_mmdet(dict(type='RPNHeadFast', bbox_coder=fast_coder, **options)),
+            build_in_mmdet(dict(type='RPNHead', bbox_coder=dict(type='DeltaXYWHBBoxCoder', **coder), **options)))
+
+
+def rpn_outputs(num_imgs: int, size: int = 64, device: str = 'cpu', dtype=torch.float32, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [size // s for s in (4, 8, 16, 32, 64)]
+    scores = [torch.randn(num_imgs, 3, n, n, generator=gen).to(device, dtype) for n in sizes]
+    deltas = [(torch.randn(num_imgs, 12, n, n, generator=gen) * 0.5).to(device, dtype) for n in sizes]
+    metas = [dict(img_shape=(size - 8 * i, size - 4 * i), pad_shape=(size, size), scale_factor=(1.0, 1.0))
+             for i in range(num_imgs)]
+    return scores, deltas, metas
+
+
+@pytest.mark.parametrize('clip_border', [True, False])
+def test_the_fast_rpn_head_gives_mmdets_proposals_for_the_batch_in_one_pass(clip_border):
+    fast, stock = proposal_heads(clip_border=clip_border)
+    scores, deltas, metas = rpn_outputs(3)
+    got = fast.predict_by_feat(scores, deltas, batch_img_metas=metas)
+    want = stock.predict_by_feat(scores, deltas, batch_img_metas=metas)
+    assert len(got) == len(want) == 3
+    for a, b in zip(got, want):
+        assert set(a.keys()) == set(b.keys()) == {'bboxes', 'scores', 'labels'}
+        for key in a.keys():
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        assert 0 < len(a) <= 40
+    # the one pass sorts each level's scores once for the batch
+    counts = []
+    for head in (fast, stock):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            head.predict_by_feat(scores, deltas, batch_img_metas=metas)
+        counts.append(sum(e.count for e in prof.key_averages() if e.key == 'aten::sort'))
+    # two levels have more than nms_pre anchors (768 and 192): sorted once, or once per image; then each image's NMS
+    assert counts == [2 + 3, 2 * 3 + 3]
+
+
+def test_proposals_with_score_factors_take_mmdets_loop():
+    fast, stock = proposal_heads()
+    scores, deltas, metas = rpn_outputs(2)
+    assert not fast._proposals_in_one_pass([s[:, :1] for s in scores], metas, True)
+    assert fast._proposals_in_one_pass(None, metas, True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_on_the_gpu_the_one_pass_gives_mmdets_proposals_in_half_precision():
+    # fp16 scores tie often: both sorts must order the ties alike
+    fast, stock = (head.cuda() for head in proposal_heads())
+    scores, deltas, metas = rpn_outputs(4, size=256, device='cuda', dtype=torch.float16)
+    for a, b in zip(fast.predict_by_feat(scores, deltas, batch_img_metas=metas),
+                    stock.predict_by_feat(scores, deltas, batch_img_metas=metas)):
+        for key in a.keys():
+            assert torch.equal(a[key], b[key]), key
