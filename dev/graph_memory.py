@@ -4,9 +4,13 @@ and without the CUDA graph step, on the GPU: where the graph step's peak comes f
     python dev/graph_memory.py configs/upernet_convnextv2_base_ade20k.py --steps 8
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 
 
 def main() -> None:

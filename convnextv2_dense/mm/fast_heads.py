@@ -1,12 +1,10 @@
 """mmseg's UPerHead and FCNHead with a faster training step: same layers, parameters, losses and logs.
 
-``UPerHeadFast`` / ``FCNHeadFast`` (registered in mmseg's MODELS) run the stock head code with three of its
+``UPerHeadFast`` / ``FCNHeadFast`` (registered in mmseg's MODELS) run the stock head code with two of its
 module-level helpers swapped, only for the duration of the call, for the exact replacements in
 :mod:`.fast_ops`: ``resize`` (bilinear upsampling whose backward is two small matrix products instead of
-atomic scatters), ``accuracy`` (the logged ``acc_seg`` from an argmax instead of a ``topk`` over all
-classes, without host synchronisation) and, inside mmseg's ``cross_entropy``, ``F.cross_entropy`` (the fp32
-log-softmax recomputed in the backward instead of kept from the forward: a lower peak memory).
-Training in one thread per process, as mmengine does, is assumed.
+atomic scatters) and ``accuracy`` (the logged ``acc_seg`` from an argmax instead of a ``topk`` over all
+classes, without host synchronisation). Training in one thread per process, as mmengine does, is assumed.
 :data:`STOCK_TYPES` maps each variant to the stock type (the benchmark's 'stock' row uses it).
 """
 from __future__ import annotations
@@ -16,7 +14,7 @@ from typing import Any
 
 import torch.nn.functional
 
-from .fast_ops import argmax_accuracy, recomputed_cross_entropy, upsample_bilinear
+from .fast_ops import argmax_accuracy, upsample_bilinear
 from .patching import swapped_globals
 
 STOCK_TYPES: dict[str, str] = {'UPerHeadFast': 'UPerHead', 'FCNHeadFast': 'FCNHead'}
@@ -38,20 +36,11 @@ def fast_accuracy(pred, target, topk=1, thresh=None, ignore_index=None):
     return accuracy(pred, target, topk, thresh, ignore_index)
 
 
-class _FunctionalWithRecomputedCrossEntropy:
-    """``torch.nn.functional`` as mmseg's loss module sees it, ``cross_entropy`` replaced."""
-    cross_entropy = staticmethod(recomputed_cross_entropy)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch.nn.functional, name)
-
-
 def _variant(name: str, base: type, forward_module: str | None) -> type:
     from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 
     def loss_by_feat(self, seg_logits, batch_data_samples):
-        with swapped_globals('mmseg.models.decode_heads.decode_head', resize=fast_resize, accuracy=fast_accuracy), \
-                swapped_globals('mmseg.models.losses.cross_entropy_loss', F=_FunctionalWithRecomputedCrossEntropy()):
+        with swapped_globals('mmseg.models.decode_heads.decode_head', resize=fast_resize, accuracy=fast_accuracy):
             return BaseDecodeHead.loss_by_feat(self, seg_logits, batch_data_samples)
 
     def forward(self, inputs):
@@ -59,7 +48,7 @@ def _variant(name: str, base: type, forward_module: str | None) -> type:
             return base.forward(self, inputs)
 
     members = dict(loss_by_feat=loss_by_feat, __module__=__name__,
-                   __doc__=f"mmseg's {base.__name__} with exact faster resizes, accuracy and leaner loss in training "
+                   __doc__=f"mmseg's {base.__name__} with exact faster resizes and accuracy in training "
                            f'(convnextv2_dense.mm.fast_heads); arguments as {base.__name__}.')
     if forward_module is not None:
         members['forward'] = forward

@@ -1,4 +1,4 @@
-"""Exact, faster or leaner replacements for operations of mmseg's training step (torch only).
+"""Exact, faster replacements for operations of mmseg's training step (torch only).
 
 - :func:`argmax_accuracy`: mmseg's ``accuracy`` (top-1, no threshold) from an argmax instead of a ``topk``
   over all classes, and with no host synchronisation (mmseg's boolean indexing waits for the GPU). Same
@@ -9,11 +9,6 @@
   torch's), instead of torch's backward kernel that scatters with atomic adds. Same gradient up to fp32
   rounding; the products accumulate in fp32 also for bf16/fp16 gradients. Used when upsampling a tensor
   that needs a gradient; anything else goes to ``F.interpolate`` unchanged.
-- :func:`recomputed_cross_entropy`: ``F.cross_entropy(..., reduction='none')`` of half-precision scores
-  under autocast (which computes it in fp32) that keeps only the scores for the backward and recomputes the
-  fp32 log-softmax there, one image at a time, instead of keeping an fp32 log-softmax of every pixel and
-  class from the forward until the backward (UperNet-B, 2 x 512x512, 150 classes: 315 MB per head, against
-  157 MB of bf16 scores). Same values and gradients bit for bit (the same operators, run again).
 """
 from __future__ import annotations
 
@@ -24,7 +19,7 @@ import torch.nn.functional as F
 
 from ..compat import is_capturing
 
-__all__ = ['argmax_accuracy', 'recomputed_cross_entropy', 'upsample_bilinear']
+__all__ = ['argmax_accuracy', 'upsample_bilinear']
 
 
 def argmax_accuracy(pred: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
@@ -70,11 +65,9 @@ class _UpsampleBilinear(torch.autograd.Function):
         (h_in, w_in), (h_out, w_out) = ctx.in_size, grad.shape[-2:]
         rows = _interpolation_matrix(h_in, h_out, ctx.align_corners, grad.device)  # (h_out, h_in)
         cols = _interpolation_matrix(w_in, w_out, ctx.align_corners, grad.device)  # (w_out, w_in)
-        out = grad.new_empty((*grad.shape[:-2], h_in, w_in))
         with torch.autocast(grad.device.type, enabled=False):
-            for i in range(grad.shape[0]):  # one image at a time: an fp32 copy of one image's gradient at most
-                out[i] = rows.t() @ (grad[i].float() @ cols)  # (C, h_in, w_in), rounded to the dtype on copy
-        return out, None, None
+            out = rows.t() @ (grad.float() @ cols)  # (..., h_in, w_in)
+        return out.to(ctx.dtype), None, None
 
 
 def upsample_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool | None = None) -> torch.Tensor:
@@ -91,45 +84,3 @@ def upsample_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool 
             return _UpsampleBilinear.apply(x, size, align_corners)
     # ``size`` as given: int() of a traced size would freeze it into an exported graph (tools/export.py)
     return F.interpolate(x, size=size, mode='bilinear', align_corners=align_corners)
-
-
-class _RecomputedCrossEntropy(torch.autograd.Function):
-    """Per-element cross-entropy in fp32 that saves the scores in their own dtype and recomputes the rest."""
-
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                ignore_index: int) -> torch.Tensor:
-        ctx.save_for_backward(scores, target, weight)
-        ctx.ignore_index = ignore_index
-        with torch.autocast(scores.device.type, enabled=False):
-            return F.cross_entropy(scores.float(), target, weight=weight, reduction='none', ignore_index=ignore_index)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        scores, target, weight = ctx.saved_tensors
-        out = torch.empty_like(scores)
-        with torch.enable_grad(), torch.autocast(scores.device.type, enabled=False):
-            for i in range(scores.shape[0]):  # one image's fp32 scores and log-softmax alive at a time
-                x = scores[i:i + 1].detach().float().requires_grad_()
-                loss = F.cross_entropy(x, target[i:i + 1], weight=weight, reduction='none',
-                                       ignore_index=ctx.ignore_index)
-                out[i:i + 1] = torch.autograd.grad(loss, x, grad[i:i + 1])[0]  # rounded as autocast's cast would
-        return out, None, None, None
-
-
-def recomputed_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                             size_average=None, ignore_index: int = -100, reduce=None, reduction: str = 'mean',
-                             label_smoothing: float = 0.0) -> torch.Tensor:
-    """``F.cross_entropy`` (same signature and result); leaner in memory where it counts: see the module
-    docstring. Used for class-index targets of (N, C, ...) half-precision scores that need a gradient, under
-    autocast, with ``reduction='none'`` (what mmseg's ``cross_entropy`` asks for); anything else (fp32 scores
-    among it: their log-softmax is no larger than they are) goes to ``F.cross_entropy`` unchanged."""
-    half_under_autocast = (input.dtype in (torch.float16, torch.bfloat16)
-                           and torch.is_autocast_enabled(input.device.type))
-    if (reduction == 'none' and size_average is None and reduce is None and not label_smoothing and half_under_autocast
-            and input.requires_grad and torch.is_grad_enabled() and input.dim() >= 3 and input.shape[0] > 0
-            and not target.is_floating_point() and not is_capturing()):
-        return _RecomputedCrossEntropy.apply(input, target, weight, ignore_index)
-    return F.cross_entropy(input, target, weight=weight, size_average=size_average, ignore_index=ignore_index,
-                           reduce=reduce, reduction=reduction, label_smoothing=label_smoothing)

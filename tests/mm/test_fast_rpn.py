@@ -181,6 +181,17 @@ def test_the_fast_rpn_head_gives_mmdets_proposals_for_the_batch_in_one_pass(clip
     assert counts == [2 + 3, 2 * 3 + 3]
 
 
+def test_the_one_pass_orders_tied_scores_as_mmdets_loop():
+    fast, stock = proposal_heads()
+    scores, deltas, metas = rpn_outputs(4, size=256, dtype=torch.float16)  # rounded to half: many ties
+    scores, deltas = [s.float() for s in scores], [d.float() for d in deltas]
+    assert scores[0].unique().numel() < scores[0].numel() // 2
+    for a, b in zip(fast.predict_by_feat(scores, deltas, batch_img_metas=metas),
+                    stock.predict_by_feat(scores, deltas, batch_img_metas=metas)):
+        for key in a.keys():
+            assert torch.equal(a[key], b[key]), key
+
+
 def test_proposals_with_score_factors_take_mmdets_loop():
     fast, stock = proposal_heads()
     scores, deltas, metas = rpn_outputs(2)
@@ -189,10 +200,12 @@ def test_proposals_with_score_factors_take_mmdets_loop():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
-def test_on_the_gpu_the_one_pass_gives_mmdets_proposals_in_half_precision():
-    # fp16 scores tie often: both sorts must order the ties alike
+def test_on_the_gpu_the_one_pass_gives_mmdets_proposals_with_tied_scores():
+    # scores of half precision tie often: both sorts must order the ties alike (fp32 values: mmcv's NMS takes fp32)
     fast, stock = (head.cuda() for head in proposal_heads())
     scores, deltas, metas = rpn_outputs(4, size=256, device='cuda', dtype=torch.float16)
+    scores, deltas = [s.float() for s in scores], [d.float() for d in deltas]
+    assert scores[0].unique().numel() < scores[0].numel() // 2
     for a, b in zip(fast.predict_by_feat(scores, deltas, batch_img_metas=metas),
                     stock.predict_by_feat(scores, deltas, batch_img_metas=metas)):
         for key in a.keys():
