@@ -49,7 +49,7 @@ def test_the_fast_rpn_head_gives_mmdets_targets(allowed_border):
         fast._get_targets_single(anchors, torch.zeros_like(valid), truth, meta)
 
 
-def rpn_heads(allowed_border: int, num: int = 100_000):
+def rpn_heads(allowed_border: int, num: int = 100_000, **head):
     """RPNHeadFast and mmdet's RPNHead with the Mask R-CNN assigner; the samplers draw ``num`` anchors (by
     default more than there are: every one is taken, so the two heads' targets compare)."""
     train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3,
@@ -57,7 +57,8 @@ def rpn_heads(allowed_border: int, num: int = 100_000):
                            sampler=dict(num=num, pos_fraction=0.5, neg_pos_ub=-1, add_gt_as_proposals=False),
                            allowed_border=allowed_border, pos_weight=-1, debug=False)
     options = dict(in_channels=4, feat_channels=4,
-                   anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0], strides=[4, 8]))
+                   anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0], strides=[4, 8]),
+                   **head)
     fast_cfg = train_cfg.copy()  # the shipped configs' variants (the same numbers, without host copies)
     fast_cfg.sampler = dict(train_cfg.sampler, type='RandomSamplerFast')
     fast_cfg.assigner = dict(train_cfg.assigner, type='MaxIoUAssignerFast',
@@ -210,3 +211,28 @@ def test_on_the_gpu_the_one_pass_gives_mmdets_proposals_with_tied_scores():
                     stock.predict_by_feat(scores, deltas, batch_img_metas=metas)):
         for key in a.keys():
             assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize('box_loss', ['L1Loss', 'SmoothL1Loss'])
+def test_the_one_pass_loss_gives_mmdets_gradients_bit_for_bit(box_loss):
+    fast, stock = rpn_heads(0, loss_bbox=dict(type=box_loss, loss_weight=1.0))  # every anchor drawn
+    truths, metas = rpn_batch()
+    gen = torch.Generator().manual_seed(5)
+    scores = [torch.randn(3, 3, n, n, generator=gen).requires_grad_() for n in (16, 8)]
+    deltas = [(torch.randn(3, 12, n, n, generator=gen) * 0.3).requires_grad_() for n in (16, 8)]
+    results = []
+    for head in (fast, stock):
+        losses = head.loss_by_feat(scores, deltas, truths, metas)
+        total = sum(sum(v) if isinstance(v, list) else v for v in losses.values())
+        results.append((losses, torch.autograd.grad(total, scores + deltas)))
+    (ours, our_grads), (mmdets, mmdet_grads) = results
+    assert set(ours) == set(mmdets) == {'loss_rpn_cls', 'loss_rpn_bbox'}
+    assert isinstance(mmdets['loss_rpn_cls'], list) and len(mmdets['loss_rpn_cls']) == 2  # one per level
+    for key in ours:  # one sum over the levels: the same up to the order of the sum
+        torch.testing.assert_close(ours[key], sum(mmdets[key]), rtol=1e-6, atol=0)
+    for a, b in zip(our_grads, mmdet_grads):
+        assert torch.equal(a, b)
+    assert all(g.abs().sum() > 0 for g in our_grads[:2]) and any(g.abs().sum() > 0 for g in our_grads[2:])
+    syncs = sum(n for _, n in would_sync_sites(lambda: fast.loss_by_feat(scores, deltas, truths, metas)))
+    # avg_factor; the sigmoid loss's one-hot labels and the box loss's any(weight > 0), once each (mmdet: per level)
+    assert syncs == 3
