@@ -20,12 +20,13 @@ model = dict(
         # compile=True compiles training steps only (DYNAMO_CACHE_SIZE_LIMIT is honoured).
         compile=False),
     neck=dict(in_channels=[128, 256, 512, 1024]),
-    # mmdet's components with less host work per step (convnextv2_dense.mm.fast_det and .fast_boxes): the
-    # same anchors, box deltas, IoUs, RPN targets, RoI features and mask targets bit for bit, the same assignments without host
-    # synchronisations, the same sampling distribution from the GPU's random stream.
+    # mmdet's components with less host work per step (convnextv2_dense.mm.fast_det, .fast_rpn, .fast_roi and
+    # .fast_boxes): the same anchors, box deltas, IoUs, RPN targets and proposals, RoI features and mask targets
+    # bit for bit, the same assignments without host synchronisations (the batch's in one pass), the same
+    # sampling distribution from the GPU's random stream.
     rpn_head=dict(type='RPNHeadFast', anchor_generator=dict(type='AnchorGeneratorFast'),
                   bbox_coder=dict(type='DeltaXYWHBBoxCoderFast')),
-    roi_head=dict(bbox_roi_extractor=dict(type='SingleRoIExtractorFast'),
+    roi_head=dict(type='StandardRoIHeadFast', bbox_roi_extractor=dict(type='SingleRoIExtractorFast'),
                   bbox_head=dict(bbox_coder=dict(type='DeltaXYWHBBoxCoderFast')),
                   mask_roi_extractor=dict(type='SingleRoIExtractorFast'), mask_head=dict(type='FCNMaskHeadFast')),
     train_cfg=dict(

@@ -55,6 +55,8 @@ def _register(registry_module: ModuleType) -> None:
         registry_module.MODELS.register_module('MaskRCNNFast', module=build_mask_rcnn_fast, force=True)
         registry_module.MODELS.register_module('FCNMaskHeadFast', module=build_fcn_mask_head_fast, force=True)
         registry_module.MODELS.register_module('RPNHeadFast', module=build_rpn_head_fast, force=True)
+        from .fast_roi import build_standard_roi_head_fast
+        registry_module.MODELS.register_module('StandardRoIHeadFast', module=build_standard_roi_head_fast, force=True)
         registry_module.MODELS.register_module('SingleRoIExtractorFast', module=build_single_roi_extractor_fast,
                                                force=True)
         registry_module.TASK_UTILS.register_module('MaxIoUAssignerFast', module=build_max_iou_assigner_fast,

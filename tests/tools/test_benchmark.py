@@ -135,7 +135,8 @@ def test_stock_components_undo_our_detection_variants():
     # every variant in the config, and none left in the stock one
     assert {t for t in config_types(model) if t.endswith('Fast')} == {
         'FCNMaskHeadFast', 'RandomSamplerFast', 'MaxIoUAssignerFast', 'AnchorGeneratorFast',
-        'DeltaXYWHBBoxCoderFast', 'BboxOverlaps2DFast', 'SingleRoIExtractorFast', 'RPNHeadFast', 'MaskRCNNFast'}
+        'DeltaXYWHBBoxCoderFast', 'BboxOverlaps2DFast', 'SingleRoIExtractorFast', 'RPNHeadFast', 'MaskRCNNFast',
+        'StandardRoIHeadFast'}
     assert not [t for t in config_types(stock) if t.endswith('Fast')]
     assert stock.type == 'MaskRCNN'
     assert stock.rpn_head.bbox_coder.target_stds == model.rpn_head.bbox_coder.target_stds
