@@ -22,8 +22,8 @@ def rpn_head_class(sampler_type: type) -> type:
     from mmdet.structures.bbox import cat_boxes, get_box_tensor
 
     class RPNHeadFast(RPNHead):
-        """mmdet's RPNHead finding an image's anchors inside its border with one host synchronisation
-        (convnextv2_dense.mm.fast_det); arguments as RPNHead."""
+        """mmdet's RPNHead making the batch's targets, losses and proposals in one pass
+        (convnextv2_dense.mm.fast_rpn); arguments as RPNHead."""
 
         def _get_targets_single(self, flat_anchors, valid_flags, gt_instances, img_meta, gt_instances_ignore=None,
                                 unmap_outputs=True):
