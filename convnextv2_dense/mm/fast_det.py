@@ -53,7 +53,7 @@ from typing import Any
 
 import torch
 
-from .fast_targets import mask_targets_single, max_iou_assign, rois_by_level, sample_pos_neg
+from .fast_targets import assign_like, mask_targets_single, rois_by_level, sample_pos_neg
 from .fast_rpn import rpn_head_class
 from .patching import swapped_globals
 
@@ -95,9 +95,7 @@ def det_classes() -> dict[str, type]:
         def assign_wrt_overlaps(self, overlaps, gt_labels):
             if overlaps.numel() == 0:  # no box or no prior: mmdet's path, which has no synchronisation
                 return super().assign_wrt_overlaps(overlaps, gt_labels)
-            gt_inds, max_overlaps, labels = max_iou_assign(
-                overlaps, gt_labels, self.pos_iou_thr, self.neg_iou_thr, self.min_pos_iou,
-                self.match_low_quality, self.gt_max_assign_all)
+            gt_inds, max_overlaps, labels = assign_like(self, overlaps, gt_labels)
             return AssignResult(num_gts=overlaps.size(0), gt_inds=gt_inds, max_overlaps=max_overlaps,
                                 labels=labels)
 

@@ -4,7 +4,7 @@ mmdet's ``StandardRoIHead.loss`` assigns each image's proposals to its boxes in 
 assignment per image (about 40 operations each, each a kernel launch on a GPU, with ``MaxIoUAssignerFast`` and
 ``BboxOverlaps2DFast``). ``StandardRoIHeadFast`` computes the IoUs of every image at once, the proposals and
 boxes padded to the batch's most (the padding's IoUs set to -1, so that it is never assigned nor matched), and
-assigns them with the same rules (:func:`.fast_targets.max_iou_assign`): the same assignments as mmdet's, bit
+assigns them with the same rules (:func:`.fast_targets.assign_like`): the same assignments as mmdet's, bit
 for bit. Sampling, the box head and the mask head then run as in mmdet. A batch it cannot take (an image with
 no box or no proposal, ignored boxes the assigner would use, another assigner or IoU) takes mmdet's loop.
 """
@@ -16,31 +16,25 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .fast_boxes import box_overlaps
-from .fast_targets import max_iou_assign
+from .fast_targets import assign_like, assigns_in_one_pass
 
 
-def padded_overlaps(gt_boxes: list[torch.Tensor], priors: list[torch.Tensor]) -> torch.Tensor:
+def padded_overlaps(iou_calculator: Any, gt_boxes: list[torch.Tensor], priors: list[torch.Tensor]) -> torch.Tensor:
     """The IoUs of each image's boxes (k_i, 4) with its priors (n_i, 4), as (images, max k, max n): mmdet's
-    ``bbox_overlaps`` values (elementwise the same computation), -1 where either is padding."""
+    ``BboxOverlaps2D`` (or ours) on the padded batch (elementwise each image's values), -1 where either is
+    padding."""
     gts, boxes = pad_sequence(gt_boxes, batch_first=True), pad_sequence(priors, batch_first=True)
     valid_gts = pad_sequence([b.new_ones(len(b), dtype=torch.bool) for b in gt_boxes], batch_first=True)
     valid_priors = pad_sequence([b.new_ones(len(b), dtype=torch.bool) for b in priors], batch_first=True)
-    overlaps = box_overlaps(gts, boxes)
+    overlaps = iou_calculator(gts, boxes)
     return overlaps.masked_fill_(~(valid_gts[:, :, None] & valid_priors[:, None, :]), -1.)
-
-
-def _plain_boxes(boxes: torch.Tensor) -> bool:
-    """Boxes whose IoUs ``BboxOverlaps2DFast`` computes with :func:`.fast_boxes.box_overlaps` (4 columns; on
-    the GPU, or in fp32/fp64)."""
-    return boxes.size(-1) == 4 and (boxes.is_cuda or boxes.dtype in (torch.float32, torch.float64))
 
 
 @functools.cache
 def roi_head_class() -> type:
     """``StandardRoIHeadFast``, built on first use (importing mmdet's classes only then)."""
     from mmdet.models.roi_heads import StandardRoIHead
-    from mmdet.models.task_modules.assigners import AssignResult, MaxIoUAssigner
+    from mmdet.models.task_modules.assigners import AssignResult
     from mmdet.models.utils import unpack_gt_instances
     from mmdet.structures.bbox import get_box_tensor
 
@@ -76,29 +70,22 @@ def roi_head_class() -> type:
                         in zip(rpn_results_list, batch_gt_instances, batch_gt_instances_ignore)]
             assigner = self.bbox_assigner
             priors = [get_box_tensor(results.priors) for results in rpn_results_list]
-            overlaps = padded_overlaps([get_box_tensor(gt.bboxes) for gt in batch_gt_instances], priors)
+            gt_boxes = [get_box_tensor(gt.bboxes) for gt in batch_gt_instances]
+            overlaps = padded_overlaps(assigner.iou_calculator, gt_boxes, priors)
             labels = pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True)
-            gt_inds, max_overlaps, assigned = max_iou_assign(
-                overlaps, labels, assigner.pos_iou_thr, assigner.neg_iou_thr, assigner.min_pos_iou,
-                assigner.match_low_quality, assigner.gt_max_assign_all)
+            gt_inds, max_overlaps, assigned = assign_like(assigner, overlaps, labels)
             return [AssignResult(num_gts=len(gt), gt_inds=gt_inds[i, :len(p)],
                                  max_overlaps=max_overlaps[i, :len(p)], labels=assigned[i, :len(p)])
                     for i, (gt, p) in enumerate(zip(batch_gt_instances, priors))]
 
         def _assign_in_one_pass(self, rpn_results_list, batch_gt_instances, batch_gt_instances_ignore) -> bool:
-            """Whether :meth:`_assign` can take the batch in one pass: every image has boxes and proposals, and
-            the assigner is mmdet's MaxIoUAssigner (or ours) with plain IoUs and nothing it would ignore."""
-            assigner = self.bbox_assigner
-            calculator = getattr(assigner, 'iou_calculator', None)
-            ignored = any(i is not None and len(i) > 0 for i in batch_gt_instances_ignore or ())
-            return (isinstance(assigner, MaxIoUAssigner) and assigner.perm_repeat_gt_cfg is None
-                    and assigner.gpu_assign_thr <= 0 and not (assigner.ignore_iof_thr > 0 and ignored)
-                    and type(calculator).__name__ in ('BboxOverlaps2D', 'BboxOverlaps2DFast')
-                    and calculator.scale == 1. and calculator.dtype is None
+            """Whether :meth:`_assign` can take the batch in one pass: every image has boxes and proposals, the
+            assigner is mmdet's MaxIoUAssigner (or ours) with nothing it would ignore, and its IoUs are mmdet's
+            2D ones (which take a batch of padded images)."""
+            return (assigns_in_one_pass(self.bbox_assigner, batch_gt_instances_ignore)
+                    and type(self.bbox_assigner.iou_calculator).__name__ in ('BboxOverlaps2D', 'BboxOverlaps2DFast')
                     and all(len(gt) > 0 for gt in batch_gt_instances)
-                    and all(len(results) > 0 for results in rpn_results_list)
-                    and all(_plain_boxes(get_box_tensor(r.priors)) for r in rpn_results_list)
-                    and all(_plain_boxes(get_box_tensor(gt.bboxes)) for gt in batch_gt_instances))
+                    and all(len(results) > 0 for results in rpn_results_list))
 
     StandardRoIHeadFast.__module__ = __name__
     return StandardRoIHeadFast

@@ -8,7 +8,7 @@ import copy
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .fast_targets import max_iou_assign, sample_pos_neg_masks, scatter_rows
+from .fast_targets import assign_like, assigns_in_one_pass, sample_pos_neg_masks, scatter_rows
 
 
 def rpn_head_class(sampler_type: type) -> type:
@@ -17,7 +17,6 @@ def rpn_head_class(sampler_type: type) -> type:
     from mmengine.structures import InstanceData
 
     from mmdet.models.dense_heads import RPNHead
-    from mmdet.models.task_modules.assigners import MaxIoUAssigner
     from mmdet.models.task_modules.prior_generators import anchor_inside_flags
     from mmdet.structures.bbox import cat_boxes, get_box_tensor
 
@@ -90,10 +89,9 @@ def rpn_head_class(sampler_type: type) -> type:
             assigner, sampler = self.assigner, self.sampler
             overlaps = pad_sequence([assigner.iou_calculator(gt.bboxes, anchors) for gt in batch_gt_instances],
                                     batch_first=True, padding_value=-1.)
-            gt_inds, _, gt_labels = max_iou_assign(
-                overlaps.masked_fill_(~inside[:, None, :], -1.),
-                pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True), assigner.pos_iou_thr,
-                assigner.neg_iou_thr, assigner.min_pos_iou, assigner.match_low_quality, assigner.gt_max_assign_all)
+            gt_inds, _, gt_labels = assign_like(
+                assigner, overlaps.masked_fill_(~inside[:, None, :], -1.),
+                pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True))
             del overlaps
             pos, neg, avg_factors = sample_pos_neg_masks(gt_inds, torch.rand(gt_inds.shape, device=gt_inds.device),
                                                          sampler.num, sampler.pos_fraction, sampler.neg_pos_ub)
@@ -149,15 +147,11 @@ def rpn_head_class(sampler_type: type) -> type:
                                  return_sampling_results) -> bool:
             """Whether :meth:`get_targets` can take the batch in one pass: the images share their anchors, each has
             boxes, no box is ignored, and the assigner and sampler are ones it knows (else mmdet's loop)."""
-            assigner, sampler = self.assigner, self.sampler
-            ignored = batch_gt_instances_ignore is not None and any(
-                i is not None and len(i) > 0 for i in batch_gt_instances_ignore)
             return (unmap_outputs and not return_sampling_results and not self.reg_decoded_bbox
                     and all(anchors is anchor_list[0] for anchors in anchor_list)
                     and all(len(gt) > 0 for gt in batch_gt_instances)
-                    and isinstance(assigner, MaxIoUAssigner) and assigner.perm_repeat_gt_cfg is None
-                    and assigner.gpu_assign_thr <= 0 and not (assigner.ignore_iof_thr > 0 and ignored)
-                    and type(sampler) is sampler_type and not sampler.add_gt_as_proposals)
+                    and assigns_in_one_pass(self.assigner, batch_gt_instances_ignore)
+                    and type(self.sampler) is sampler_type and not self.sampler.add_gt_as_proposals)
 
         def predict_by_feat(self, cls_scores, bbox_preds, score_factors=None, batch_img_metas=None, cfg=None,
                             rescale=False, with_nms=True):

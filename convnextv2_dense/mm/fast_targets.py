@@ -1,7 +1,7 @@
 """The tensor work of ``convnextv2_dense.mm.fast_det``'s mmdet variants, as plain functions of tensors: the
 assignment, the draws of positives and negatives (per image, and for a batch at once), the mask targets and the
 RoIs of each pyramid level, each with few or no host synchronisations. Each says which mmdet computation it
-equals."""
+equals. :func:`assign_like` and :func:`assigns_in_one_pass` tie the assignment to an mmdet assigner."""
 from __future__ import annotations
 
 from typing import Any
@@ -48,6 +48,23 @@ def max_iou_assign(overlaps: torch.Tensor, gt_labels: torch.Tensor, pos_iou_thr:
     # (a -1 made with new_tensor would be a host-to-device copy, a synchronisation)
     labels = gt_labels.gather(-1, (gt_inds - 1).clamp(min=0)).long().masked_fill(gt_inds <= 0, -1)
     return gt_inds, max_overlaps, labels
+
+
+def assign_like(assigner: Any, overlaps: torch.Tensor,
+                gt_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`max_iou_assign` with the settings of ``assigner`` (an mmdet ``MaxIoUAssigner``)."""
+    return max_iou_assign(overlaps, gt_labels, assigner.pos_iou_thr, assigner.neg_iou_thr, assigner.min_pos_iou,
+                          assigner.match_low_quality, assigner.gt_max_assign_all)
+
+
+def assigns_in_one_pass(assigner: Any, batch_gt_instances_ignore: Any) -> bool:
+    """Whether ``assigner``'s assignment of each image of a batch is :func:`assign_like` of the image's IoUs:
+    mmdet's ``MaxIoUAssigner`` (or a subclass) that neither permutes repeated boxes nor moves to the CPU, and
+    has no ignored box it would use."""
+    from mmdet.models.task_modules.assigners import MaxIoUAssigner
+    ignored = any(i is not None and len(i) > 0 for i in batch_gt_instances_ignore or ())
+    return (isinstance(assigner, MaxIoUAssigner) and assigner.perm_repeat_gt_cfg is None
+            and assigner.gpu_assign_thr <= 0 and not (assigner.ignore_iof_thr > 0 and ignored))
 
 
 def sample_pos_neg(gt_inds: torch.Tensor, num: int, pos_fraction: float,

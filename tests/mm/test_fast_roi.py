@@ -25,8 +25,8 @@ def build_in_mmdet(registry, cfg: dict):
         return registry.build(cfg)
 
 
-def roi_head(**assigner):
-    train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssignerFast', iou_calculator=dict(type='BboxOverlaps2DFast'),
+def roi_head(iou: str = 'BboxOverlaps2DFast', **assigner):
+    train_cfg = ConfigDict(assigner=dict(type='MaxIoUAssignerFast', iou_calculator=dict(type=iou),
                                          **{**RCNN, **assigner}),
                            sampler=dict(type='RandomSamplerFast', num=64, pos_fraction=0.25, neg_pos_ub=-1,
                                         add_gt_as_proposals=True),
@@ -57,8 +57,9 @@ def proposals_and_boxes(counts, seed=0, device='cpu'):
 
 @pytest.mark.parametrize('counts', [[(30, 3), (50, 1), (12, 6)], [(30, 3), (50, 0), (12, 6)], [(30, 3), (0, 2)]])
 @pytest.mark.parametrize('gt_max_assign_all', [True, False])
-def test_the_one_pass_assigns_as_mmdets_assigner(counts, gt_max_assign_all):
-    head = roi_head(gt_max_assign_all=gt_max_assign_all)
+@pytest.mark.parametrize('iou', ['BboxOverlaps2DFast', 'BboxOverlaps2D'])  # either takes the padded batch
+def test_the_one_pass_assigns_as_mmdets_assigner(counts, gt_max_assign_all, iou):
+    head = roi_head(iou, gt_max_assign_all=gt_max_assign_all)
     stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', gt_max_assign_all=gt_max_assign_all, **RCNN))
     rpn, truth = proposals_and_boxes(counts)
     one_pass = all(n > 0 and k > 0 for n, k in counts)
