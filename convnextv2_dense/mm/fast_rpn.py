@@ -3,8 +3,6 @@
 numbers)."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -192,7 +190,8 @@ def rpn_head_class(sampler_type: type) -> type:
                     boxes[:, 0::2].clamp_(min=0, max=width)
                     boxes[:, 1::2].clamp_(min=0, max=height)
                 image = InstanceData(bboxes=boxes, scores=image_scores, level_ids=level_ids)
-                results.append(self._bbox_post_process(image, copy.deepcopy(cfg), rescale=rescale, img_meta=meta))
+                # (mmdet deep-copies cfg for each image; neither its post-process nor mmcv's NMS changes it)
+                results.append(self._bbox_post_process(image, cfg, rescale=rescale, img_meta=meta))
             return results
 
         def _proposals_in_one_pass(self, score_factors, batch_img_metas, with_nms) -> bool:
