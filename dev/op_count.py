@@ -9,10 +9,7 @@ The numbers in docs/benchmarks.md ("the RPN in one pass") come from this command
 import argparse
 import sys
 import traceback
-from collections import Counter
 from pathlib import Path
-
-from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 
@@ -23,21 +20,19 @@ VIEWS = frozenset({'aten::view', 'aten::_unsafe_view', 'aten::slice', 'aten::sel
 OWN_CODE = ('mmdet', 'mmseg', 'mmengine', 'mmcv', 'convnextv2_dense')
 
 
-class FunctionCounter(TorchDispatchMode):
-    """Counts each operator under the chain of mm functions above it, from the step's ``loss`` down to
-    ``depth`` calls."""
+def function_chain(depth: int):
+    """An operator's key for :class:`~convnextv2_dense.bench.sync_ops.OperatorCounter`: the chain of mm functions
+    above it, from the step's ``loss`` down to ``depth`` calls ('torch' outside mm code), ' [view]' marked."""
+    from convnextv2_dense.bench import sync_ops
+    skip = {__file__, sync_ops.__file__}
 
-    def __init__(self, depth: int) -> None:
-        super().__init__()
-        self.depth, self.counts = depth, Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def key(func) -> str:
         names = [frame.name for frame in traceback.extract_stack()
-                 if frame.filename != __file__ and any(part in frame.filename for part in OWN_CODE)]
+                 if frame.filename not in skip and any(part in frame.filename for part in OWN_CODE)]
         start = names.index('loss') if 'loss' in names else 0
-        key = '>'.join(names[start:start + self.depth]) or 'torch'
-        self.counts[key + (' [view]' if func.name().split('.')[0] in VIEWS else '')] += 1
-        return func(*args, **(kwargs or {}))
+        chain = '>'.join(names[start:start + depth]) or 'torch'
+        return chain + (' [view]' if func.name().split('.')[0] in VIEWS else '')
+    return key
 
 
 def main() -> None:
@@ -50,12 +45,13 @@ def main() -> None:
     parser.add_argument('--top', type=int, default=30)
     args = parser.parse_args()
     from convnextv2_dense.bench.full import FullSettings, Row, _build, prepare_full
+    from convnextv2_dense.bench.sync_ops import OperatorCounter
     setup = prepare_full(FullSettings(args.config, backbone_impls=(args.impl,), img_size=args.img_size,
                                       device=args.device))
     row = Row(args.impl, setup.cfg.model.backbone.get('arch', 'custom'), setup.size, setup.n, 'train')
     model, optim_wrapper = _build(row, setup.cfg, setup.registry, setup.device)
     model.train_step(setup.data, optim_wrapper)  # first-use work (caches, constants) out of the count
-    counter = FunctionCounter(args.depth)
+    counter = OperatorCounter(function_chain(args.depth))
     with counter:
         model.train_step(setup.data, optim_wrapper)
     total = sum(counter.counts.values())

@@ -113,15 +113,17 @@ def would_sync_sites(step: Callable[[], object]) -> list[list]:
     return rank_sites(+counter.counts)  # (+ drops the lines left at zero)
 
 
-class _OpCounter(TorchDispatchMode):
-    def __init__(self) -> None:
+class OperatorCounter(TorchDispatchMode):
+    """Counts the operators run under it by ``key(op)`` (called at each operator, inside its caller's stack), in
+    ``counts``."""
+
+    def __init__(self, key: Callable[[torch._ops.OpOverload], str]) -> None:
         super().__init__()
-        self.roots = _import_roots()
+        self.key = key
         self.counts: Counter = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        site = _caller(self.roots)
-        self.counts[site.rsplit(':', 1)[0] if site else 'torch'] += 1
+        self.counts[self.key(func)] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -129,7 +131,12 @@ def operation_files(step: Callable[[], object]) -> list[list]:
     """Run ``step`` once; its operators (each about one kernel launch, or a view, on a GPU) counted by the
     calling file, as ``[[file, count], ...]``, most first (at most :data:`.profiling.TOP`, the rest as
     ``other``). The backward's operators count at the line that called ``backward()``."""
-    counter = _OpCounter()
+    roots = _import_roots()
+
+    def calling_file(func: torch._ops.OpOverload) -> str:
+        site = _caller(roots)
+        return site.rsplit(':', 1)[0] if site else 'torch'
+    counter = OperatorCounter(calling_file)
     with counter:
         step()
     return rank_sites(counter.counts)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from convnextv2_dense.bench.sync_ops import OperatorCounter
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -18,7 +20,7 @@ def load_probe():
 
 def test_operators_outside_mm_code_count_as_torch_and_views_apart():
     probe = load_probe()
-    counter = probe.FunctionCounter(depth=3)
+    counter = OperatorCounter(probe.function_chain(depth=3))
     x = torch.randn(4, 4)
     with counter:
         (x.t() + 1).sum()
@@ -29,7 +31,7 @@ def test_operators_are_keyed_by_the_mm_functions_that_called_them():
     probe = load_probe()
     from convnextv2_dense.mm.fast_targets import sample_pos_neg_masks
     gt_inds, keys = torch.tensor([[1, 0, 0, -1], [0, 2, 0, 0]]), torch.rand(2, 4)
-    counter = probe.FunctionCounter(depth=2)
+    counter = OperatorCounter(probe.function_chain(depth=2))
     with counter:
         sample_pos_neg_masks(gt_inds, keys, num=2, pos_fraction=0.5)
     callers = {key.removesuffix(' [view]') for key in counter.counts}
