@@ -43,3 +43,11 @@ def import_tool(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def build_in_scope(registry, cfg: dict, scope: str = 'mmdet', **kwargs):
+    """``registry.build(cfg, **kwargs)`` in an mm package's default scope, only for this call (whatever scope an
+    earlier test left current stays current)."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope(scope):
+        return registry.build(cfg, **kwargs)

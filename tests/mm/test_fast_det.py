@@ -17,6 +17,7 @@ from convnextv2_dense.bench.sync_ops import would_sync_sites  # noqa: E402
 from convnextv2_dense.mm.fast_targets import (_largest_keys, mask_targets_single, sample_pos_neg,  # noqa: E402
                                               sample_pos_neg_masks)
 from mmdet.registry import MODELS, TASK_UTILS  # noqa: E402
+from suite_support import build_in_scope  # noqa: E402
 from mmdet.structures.mask import BitmapMasks, PolygonMasks, mask_target  # noqa: E402
 
 H, W = 37, 53
@@ -52,13 +53,8 @@ def test_no_positive_box_gives_an_empty_target():
     assert mask_targets_single(boxes, inds, masks, 28).shape == (0, 28, 28)
 
 
-def build_in_mmdet(registry, cfg: dict, **kwargs):
-    with DefaultScope.overwrite_default_scope('mmdet'):  # only here: other tests' scopes stay theirs
-        return registry.build(cfg, **kwargs)
-
-
 def build_head():
-    return build_in_mmdet(MODELS, dict(type='FCNMaskHeadFast', num_convs=1, in_channels=8, conv_out_channels=8,
+    return build_in_scope(MODELS, dict(type='FCNMaskHeadFast', num_convs=1, in_channels=8, conv_out_channels=8,
                                        num_classes=3))
 
 
@@ -129,7 +125,7 @@ def test_the_draw_is_uniform_over_the_members():
 
 def build_samplers(**options):
     from mmdet.models.task_modules.samplers import RandomSampler
-    fast = build_in_mmdet(TASK_UTILS, dict(type='RandomSamplerFast', **options), default_args=dict(context=None))
+    fast = build_in_scope(TASK_UTILS, dict(type='RandomSamplerFast', **options), default_args=dict(context=None))
     assert isinstance(fast, RandomSampler) and type(fast).__name__ == 'RandomSamplerFast'
     return fast, RandomSampler(**options)
 
@@ -208,8 +204,8 @@ ASSIGNERS = [
 @pytest.mark.parametrize('shape', [(1, 50), (7, 300), (40, 120), (0, 30), (5, 0)])
 @pytest.mark.parametrize('ties', [False, True])
 def test_max_iou_assigner_fast_equals_mmdets(options, shape, ties):
-    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
-    fast = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
+    stock = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
+    fast = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
     assert isinstance(fast, type(stock)) and type(fast).__name__ == 'MaxIoUAssignerFast'
     for seed in range(3):
         overlaps, labels = iou_case(seed, *shape, ties)
@@ -230,8 +226,8 @@ def test_max_iou_assigner_fast_equals_mmdets(options, shape, ties):
 def test_max_iou_assigner_fast_takes_mmdets_assign_path_with_boxes():
     """The whole ``assign`` (IoU of boxes, then the assignment), as the RPN calls it."""
     options = ASSIGNERS[0]
-    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
-    fast = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
+    stock = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
+    fast = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
     gen = torch.Generator().manual_seed(0)
     xy = torch.rand(200, 2, generator=gen) * 100
     priors = torch.cat([xy, xy + 5 + torch.rand(200, 2, generator=gen) * 30], dim=1)
@@ -246,8 +242,8 @@ def test_max_iou_assigner_fast_takes_mmdets_assign_path_with_boxes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_on_the_gpu_the_assigner_equals_mmdets_without_a_host_synchronisation():
     options = ASSIGNERS[0]
-    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
-    fast = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
+    stock = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssigner', **options))
+    fast = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssignerFast', **options))
     overlaps, labels = (t.cuda() for t in iou_case(0, 20, 5000, ties=True))
     want = stock.assign_wrt_overlaps(overlaps, labels)
     torch.cuda.synchronize()
@@ -265,8 +261,8 @@ def test_the_fast_roi_extractor_gives_mmdets_features_and_gradients(sizes):
     max_size, num_rois = sizes[1], 40
     options = dict(roi_layer=dict(type='RoIAlign', output_size=7, sampling_ratio=0), out_channels=4,
                    featmap_strides=[4, 8, 16, 32])
-    fast = build_in_mmdet(MODELS, dict(type='SingleRoIExtractorFast', **options))
-    stock = build_in_mmdet(MODELS, dict(type='SingleRoIExtractor', **options))
+    fast = build_in_scope(MODELS, dict(type='SingleRoIExtractorFast', **options))
+    stock = build_in_scope(MODELS, dict(type='SingleRoIExtractor', **options))
     assert isinstance(fast, type(stock)) and type(fast).__name__ == 'SingleRoIExtractorFast'
     gen = torch.Generator().manual_seed(sizes[1])
     xy = torch.rand(num_rois, 2, generator=gen) * 100

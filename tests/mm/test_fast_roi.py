@@ -16,13 +16,9 @@ from mmengine.structures import InstanceData  # noqa: E402
 
 import convnextv2_dense  # noqa: E402,F401  (registers the variants)
 from mmdet.registry import MODELS, TASK_UTILS  # noqa: E402
+from suite_support import build_in_scope  # noqa: E402
 
 RCNN = dict(pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, match_low_quality=True, ignore_iof_thr=-1)
-
-
-def build_in_mmdet(registry, cfg: dict):
-    with DefaultScope.overwrite_default_scope('mmdet'):  # only here: other tests' scopes stay theirs
-        return registry.build(cfg)
 
 
 def roi_head(iou: str = 'BboxOverlaps2DFast', **assigner):
@@ -31,7 +27,7 @@ def roi_head(iou: str = 'BboxOverlaps2DFast', **assigner):
                            sampler=dict(type='RandomSamplerFast', num=64, pos_fraction=0.25, neg_pos_ub=-1,
                                         add_gt_as_proposals=True),
                            mask_size=28, pos_weight=-1, debug=False)
-    return build_in_mmdet(MODELS, dict(
+    return build_in_scope(MODELS, dict(
         type='StandardRoIHeadFast', train_cfg=train_cfg,
         bbox_roi_extractor=dict(type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7,
                                                                          sampling_ratio=0),
@@ -60,7 +56,7 @@ def proposals_and_boxes(counts, seed=0, device='cpu'):
 @pytest.mark.parametrize('iou', ['BboxOverlaps2DFast', 'BboxOverlaps2D'])  # either takes the padded batch
 def test_the_one_pass_assigns_as_mmdets_assigner(counts, gt_max_assign_all, iou):
     head = roi_head(iou, gt_max_assign_all=gt_max_assign_all)
-    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', gt_max_assign_all=gt_max_assign_all, **RCNN))
+    stock = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssigner', gt_max_assign_all=gt_max_assign_all, **RCNN))
     rpn, truth = proposals_and_boxes(counts)
     one_pass = all(n > 0 and k > 0 for n, k in counts)
     assert head._assign_in_one_pass(rpn, truth, [None] * len(truth)) == one_pass
@@ -120,7 +116,7 @@ def test_mask_rcnn_with_the_fast_roi_head_gives_mmdets_losses():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_on_the_gpu_the_one_pass_assigns_as_mmdets_assigner():
     head = roi_head()
-    stock = build_in_mmdet(TASK_UTILS, dict(type='MaxIoUAssigner', **RCNN))
+    stock = build_in_scope(TASK_UTILS, dict(type='MaxIoUAssigner', **RCNN))
     rpn, truth = proposals_and_boxes([(1000, 20), (1000, 7), (990, 31), (1000, 1)], device='cuda')
     for result, results, gt in zip(head._assign(rpn, truth, [None] * 4), rpn, truth):
         want = stock.assign(results, gt)

@@ -9,16 +9,11 @@ pytest.importorskip('mmdet')
 pytest.importorskip('mmcv.ops')
 
 from mmengine.config import ConfigDict  # noqa: E402
-from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
 from convnextv2_dense.bench.sync_ops import would_sync_sites  # noqa: E402
 from mmdet.registry import MODELS  # noqa: E402
-
-
-def build_in_mmdet(cfg: dict):
-    with DefaultScope.overwrite_default_scope('mmdet'):  # only here: other tests' scopes stay theirs
-        return MODELS.build(cfg)
+from suite_support import build_in_scope  # noqa: E402
 
 
 @pytest.mark.parametrize('allowed_border', [-1, 0])
@@ -30,8 +25,8 @@ def test_the_fast_rpn_head_gives_mmdets_targets(allowed_border):
     options = dict(in_channels=4, feat_channels=4, train_cfg=train_cfg,
                    anchor_generator=dict(type='AnchorGenerator', scales=[2], ratios=[0.5, 1.0, 2.0],
                                          strides=[4, 8]))
-    fast = build_in_mmdet(dict(type='RPNHeadFast', **options))
-    stock = build_in_mmdet(dict(type='RPNHead', **options))
+    fast = build_in_scope(MODELS, dict(type='RPNHeadFast', **options))
+    stock = build_in_scope(MODELS, dict(type='RPNHead', **options))
     assert isinstance(fast, type(stock)) and type(fast).__name__ == 'RPNHeadFast'
     anchors = torch.cat(stock.prior_generator.grid_priors([(16, 16), (8, 8)], device='cpu'))
     valid = torch.cat(stock.prior_generator.valid_flags([(16, 16), (8, 8)], (56, 64), device='cpu'))
@@ -65,9 +60,9 @@ def rpn_heads(allowed_border: int, num: int = 100_000, **head):
                              iou_calculator=dict(type='BboxOverlaps2DFast'))
     stock_cfg = train_cfg.copy()
     stock_cfg.sampler = dict(train_cfg.sampler, type='RandomSampler')
-    return (build_in_mmdet(dict(type='RPNHeadFast', train_cfg=fast_cfg,
+    return (build_in_scope(MODELS, dict(type='RPNHeadFast', train_cfg=fast_cfg,
                                         bbox_coder=dict(type='DeltaXYWHBBoxCoderFast'), **options)),
-            build_in_mmdet(dict(type='RPNHead', train_cfg=stock_cfg, **options)))
+            build_in_scope(MODELS, dict(type='RPNHead', train_cfg=stock_cfg, **options)))
 
 
 def rpn_batch(device='cpu', boxes_per_image=(3, 1, 2)):
@@ -146,8 +141,8 @@ def proposal_heads(**coder):
                    anchor_generator=dict(type='AnchorGenerator', scales=[8], ratios=[0.5, 1.0, 2.0],
                                          strides=[4, 8, 16, 32, 64]))
     fast_coder = dict(type='DeltaXYWHBBoxCoderFast', **coder)
-    return (build_in_mmdet(dict(type='RPNHeadFast', bbox_coder=fast_coder, **options)),
-            build_in_mmdet(dict(type='RPNHead', bbox_coder=dict(type='DeltaXYWHBBoxCoder', **coder), **options)))
+    return (build_in_scope(MODELS, dict(type='RPNHeadFast', bbox_coder=fast_coder, **options)),
+            build_in_scope(MODELS, dict(type='RPNHead', bbox_coder=dict(type='DeltaXYWHBBoxCoder', **coder), **options)))
 
 
 def rpn_outputs(num_imgs: int, size: int = 64, device: str = 'cpu', dtype=torch.float32, seed: int = 0):
@@ -182,15 +177,21 @@ def test_the_fast_rpn_head_gives_mmdets_proposals_for_the_batch_in_one_pass(clip
     assert counts == [2 + 3, 2 * 3 + 3]
 
 
-def test_the_one_pass_orders_tied_scores_as_mmdets_loop():
-    fast, stock = proposal_heads()
-    scores, deltas, metas = rpn_outputs(4, size=256, dtype=torch.float16)  # rounded to half: many ties
+def assert_tied_scores_give_mmdets_proposals(device: str) -> None:
+    # scores rounded to half precision tie often: both sorts must order the ties alike (fp32 values: mmcv's NMS
+    # takes fp32)
+    fast, stock = (head.to(device) for head in proposal_heads())
+    scores, deltas, metas = rpn_outputs(4, size=256, device=device, dtype=torch.float16)
     scores, deltas = [s.float() for s in scores], [d.float() for d in deltas]
     assert scores[0].unique().numel() < scores[0].numel() // 2
     for a, b in zip(fast.predict_by_feat(scores, deltas, batch_img_metas=metas),
                     stock.predict_by_feat(scores, deltas, batch_img_metas=metas)):
         for key in a.keys():
             assert torch.equal(a[key], b[key]), key
+
+
+def test_the_one_pass_orders_tied_scores_as_mmdets_loop():
+    assert_tied_scores_give_mmdets_proposals('cpu')
 
 
 def test_proposals_with_score_factors_take_mmdets_loop():
@@ -202,15 +203,7 @@ def test_proposals_with_score_factors_take_mmdets_loop():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 def test_on_the_gpu_the_one_pass_gives_mmdets_proposals_with_tied_scores():
-    # scores of half precision tie often: both sorts must order the ties alike (fp32 values: mmcv's NMS takes fp32)
-    fast, stock = (head.cuda() for head in proposal_heads())
-    scores, deltas, metas = rpn_outputs(4, size=256, device='cuda', dtype=torch.float16)
-    scores, deltas = [s.float() for s in scores], [d.float() for d in deltas]
-    assert scores[0].unique().numel() < scores[0].numel() // 2
-    for a, b in zip(fast.predict_by_feat(scores, deltas, batch_img_metas=metas),
-                    stock.predict_by_feat(scores, deltas, batch_img_metas=metas)):
-        for key in a.keys():
-            assert torch.equal(a[key], b[key]), key
+    assert_tied_scores_give_mmdets_proposals('cuda')
 
 
 @pytest.mark.parametrize('box_loss', ['L1Loss', 'SmoothL1Loss'])
