@@ -164,12 +164,10 @@ def det_classes() -> dict[str, type]:
             with swapped_globals('mmdet.models.detectors.two_stage', copy=_COPY_SHARING_MASKS):
                 return super().loss(batch_inputs, batch_data_samples)
 
-    RPNHeadFast = rpn_head_class(RandomSamplerFast)
-    classes = (MaxIoUAssignerFast, RandomSamplerFast, FCNMaskHeadFast, SingleRoIExtractorFast, RPNHeadFast,
-               MaskRCNNFast)
+    classes = (MaxIoUAssignerFast, RandomSamplerFast, FCNMaskHeadFast, SingleRoIExtractorFast, MaskRCNNFast)
     for cls in classes:
         cls.__module__ = __name__
-    return {cls.__name__: cls for cls in classes}
+    return {cls.__name__: cls for cls in (*classes, rpn_head_class(RandomSamplerFast))}
 
 
 def build_max_iou_assigner_fast(**kwargs: Any):

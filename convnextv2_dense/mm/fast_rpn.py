@@ -203,4 +203,5 @@ def rpn_head_class(sampler_type: type) -> type:
                     and type(coder).__name__ in ('DeltaXYWHBBoxCoder', 'DeltaXYWHBBoxCoderFast')
                     and not coder.use_box_type)
 
+    RPNHeadFast.__module__ = __name__
     return RPNHeadFast
