@@ -17,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .fast_targets import assign_like, assigns_in_one_pass
+from .roi_batch import RoIBatch
 
 
 def padded_overlaps(iou_calculator: Any, gt_boxes: list[torch.Tensor], priors: list[torch.Tensor]) -> torch.Tensor:
@@ -33,7 +34,9 @@ def padded_overlaps(iou_calculator: Any, gt_boxes: list[torch.Tensor], priors: l
 @functools.cache
 def roi_head_class() -> type:
     """``StandardRoIHeadFast``, built on first use (importing mmdet's classes only then)."""
+    from mmdet.models.losses import accuracy
     from mmdet.models.roi_heads import StandardRoIHead
+    from mmdet.models.task_modules.samplers import SamplingResult
     from mmdet.models.task_modules.assigners import AssignResult
     from mmdet.models.utils import unpack_gt_instances
     from mmdet.structures.bbox import get_box_tensor
@@ -43,11 +46,16 @@ def roi_head_class() -> type:
         arguments as StandardRoIHead."""
 
         def loss(self, x, rpn_results_list, batch_data_samples):
-            # mmdet's StandardRoIHead.loss, with the assignments made by :meth:`_assign`
+            # mmdet's StandardRoIHead.loss, with the assignments made by :meth:`_assign`, or the assignments,
+            # the draw, the RoIs and the box targets by :meth:`_sample_batch` (the losses then by
+            # :meth:`_batch_losses`)
             assert len(rpn_results_list) == len(batch_data_samples)
             batch_gt_instances, batch_gt_instances_ignore, _ = unpack_gt_instances(batch_data_samples)
             for rpn_results in rpn_results_list:
                 rpn_results.priors = rpn_results.pop('bboxes')
+            if self._sample_in_one_pass(rpn_results_list, batch_gt_instances, batch_gt_instances_ignore):
+                return self._batch_losses(x, self._sample_batch(rpn_results_list, batch_gt_instances),
+                                          batch_gt_instances)
             assign_results = self._assign(rpn_results_list, batch_gt_instances, batch_gt_instances_ignore)
             sampling_results = [
                 self.bbox_sampler.sample(assign_result, rpn_results, gt_instances,
@@ -61,6 +69,68 @@ def roi_head_class() -> type:
             if self.with_mask:
                 mask_results = self.mask_loss(x, sampling_results, bbox_results['bbox_feats'], batch_gt_instances)
                 losses.update(mask_results['loss_mask'])
+            return losses
+
+        def _sample_in_one_pass(self, rpn_results_list, batch_gt_instances, batch_gt_instances_ignore) -> bool:
+            """Whether :meth:`_sample_batch` and :meth:`_batch_losses` take the batch: it is assigned in one
+            pass, drawn by our RandomSamplerFast, and the heads are mmdet's box head (box deltas as targets)
+            and mask head (its own RoI extractor) with their own targets and losses."""
+            from mmdet.models.roi_heads.bbox_heads import BBoxHead
+            from .fast_det import det_classes
+            head = type(self.bbox_head)
+            return (self._assign_in_one_pass(rpn_results_list, batch_gt_instances, batch_gt_instances_ignore)
+                    and type(self.bbox_sampler) is det_classes()['RandomSamplerFast'] and self.with_bbox
+                    and not self.bbox_head.reg_decoded_bbox
+                    and all(getattr(head, name) is getattr(BBoxHead, name)
+                            for name in ('loss', 'loss_and_target', 'get_targets', '_get_targets_single'))
+                    and not (self.with_mask and self.share_roi_extractor))
+
+        def _sample_batch(self, rpn_results_list, batch_gt_instances) -> RoIBatch:
+            """The batch's assignment (as :meth:`_assign`) and draw (as ``self.bbox_sampler``), one pass."""
+            assigner, sampler = self.bbox_assigner, self.bbox_sampler
+            priors = [get_box_tensor(results.priors) for results in rpn_results_list]
+            gt_boxes = [get_box_tensor(gt.bboxes) for gt in batch_gt_instances]
+            overlaps = padded_overlaps(assigner.iou_calculator, gt_boxes, priors)
+            gt_labels = pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True)
+            gt_inds, _, labels = assign_like(assigner, overlaps, gt_labels)
+            num_gts = (overlaps[..., 0] >= 0).sum(1)  # every image has a prior: its boxes' first IoUs are >= 0
+            return RoIBatch(pad_sequence(gt_boxes, batch_first=True), gt_labels, num_gts,
+                            pad_sequence(priors, batch_first=True), gt_inds, labels, sampler.num,
+                            sampler.pos_fraction, sampler.neg_pos_ub, sampler.add_gt_as_proposals)
+
+        def _batch_losses(self, x, batch: RoIBatch, batch_gt_instances) -> dict:
+            """mmdet's losses of the drawn RoIs (``bbox_loss`` and ``mask_loss``, without host
+            synchronisations: the counts they read from the device are the batch's, known on the host)."""
+            head = self.bbox_head
+            rois = batch.rois()
+            bbox_results = self._bbox_forward(x, rois)
+            cls_score, bbox_pred = bbox_results['cls_score'], bbox_results['bbox_pred']
+            pos_weight = 1.0 if self.train_cfg.pos_weight <= 0 else self.train_cfg.pos_weight
+            labels, label_weights, pos_targets = batch.box_targets(head.num_classes, pos_weight, head.bbox_coder.encode)
+            losses = dict()
+            if cls_score is not None and cls_score.numel() > 0:  # mmdet's avg_factor: the drawn RoIs (all weighted)
+                loss_cls = head.loss_cls(cls_score, labels, label_weights, avg_factor=max(float(len(rois)), 1.))
+                losses.update(loss_cls if isinstance(loss_cls, dict) else dict(loss_cls=loss_cls))
+                losses.update(head.loss_cls.get_accuracy(cls_score, labels) if head.custom_activation
+                              else dict(acc=accuracy(cls_score, labels)))
+            if bbox_pred is not None:
+                pos = batch.pos_index()
+                if head.reg_class_agnostic:
+                    pos_pred = bbox_pred.view(bbox_pred.size(0), -1)[pos]
+                else:
+                    pos_pred = bbox_pred.view(bbox_pred.size(0), head.num_classes, -1)[pos, labels[pos]]
+                # mmdet's weights of the positives are ones; L1 and smooth L1 multiply by them elementwise (no
+                # change) after reading on the host whether any is > 0, so they get none
+                weights = (None if type(head.loss_bbox).__name__ in ('L1Loss', 'SmoothL1Loss')
+                           else torch.ones_like(pos_targets))
+                losses['loss_bbox'] = (head.loss_bbox(pos_pred, pos_targets, weights, avg_factor=len(rois))
+                                       if len(pos) else pos_pred.sum())
+            if self.with_mask:
+                mask_results = self._mask_forward(x, batch.pos_rois())
+                sampling_results = batch.sampling_results(SamplingResult, [gt.bboxes for gt in batch_gt_instances])
+                losses.update(self.mask_head.loss_and_target(
+                    mask_preds=mask_results['mask_preds'], sampling_results=sampling_results,
+                    batch_gt_instances=batch_gt_instances, rcnn_train_cfg=self.train_cfg)['loss_mask'])
             return losses
 
         def _assign(self, rpn_results_list, batch_gt_instances, batch_gt_instances_ignore) -> list:

@@ -110,24 +110,43 @@ def sample_pos_neg_masks(gt_inds: torch.Tensor, keys: torch.Tensor, num: int, po
         ``avg_factor`` as mmdet's ``SamplingResult`` has it (``max(pos, 1) + max(neg, 1)``), (b,).
     """
     positive, negative = gt_inds > 0, gt_inds == 0
-    pos_cap = int(num * pos_fraction)
-    take_pos = positive.sum(-1).clamp(max=pos_cap)
+    take_pos, take_neg = draw_counts(positive, negative, num, pos_fraction, neg_pos_ub)
+    pos = _largest_keys_mask(keys, positive, take_pos, int(num * pos_fraction))
+    neg = _largest_keys_mask(keys, negative, take_neg, num)
+    return pos, neg, take_pos.clamp(min=1) + take_neg.clamp(min=1)
+
+
+def draw_counts(positive: torch.Tensor, negative: torch.Tensor, num: int, pos_fraction: float,
+                neg_pos_ub: float = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many positives and negatives mmdet ``RandomSampler`` draws from each image (row) of ``positive`` and
+    ``negative`` (masks, (b, n)), on the device: ``(take_pos, take_neg)``, (b,) each."""
+    take_pos = positive.sum(-1).clamp(max=int(num * pos_fraction))
     take_neg = num - take_pos
     if neg_pos_ub >= 0:  # mmdet: int(neg_pos_ub * max(1, num_pos)), truncated
         take_neg = torch.minimum(take_neg, (neg_pos_ub * take_pos.clamp(min=1).double()).long())
-    take_neg = torch.minimum(take_neg, negative.sum(-1))
-    pos = _largest_keys_mask(keys, positive, take_pos, pos_cap)
-    neg = _largest_keys_mask(keys, negative, take_neg, num)
-    return pos, neg, take_pos.clamp(min=1) + take_neg.clamp(min=1)
+    return take_pos, torch.minimum(take_neg, negative.sum(-1))
+
+
+def largest_keys_sorted(keys: torch.Tensor, member: torch.Tensor, take: torch.Tensor, most: int) -> torch.Tensor:
+    """Per row, the indices of the ``take[row]`` members with the largest keys, increasing, then padding (the
+    last index): (b, min(most, n)). ``take`` <= the members and <= ``most``; keys in [0, 1)."""
+    top, chosen = _top_members(keys, member, take, most)
+    return torch.where(chosen, top, keys.size(-1) - 1).sort(dim=-1).values
 
 
 def _largest_keys_mask(keys: torch.Tensor, member: torch.Tensor, take: torch.Tensor, most: int) -> torch.Tensor:
     """Per row, a mask of the ``take[row]`` members with the largest keys (``take`` <= the members and
     <= ``most``)."""
+    return torch.zeros_like(member).scatter_(-1, *_top_members(keys, member, take, most))
+
+
+def _top_members(keys: torch.Tensor, member: torch.Tensor, take: torch.Tensor,
+                 most: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the ``min(most, n)`` indices with the largest keys among the members first (then the rest), and
+    which of them are taken (the first ``take[row]``)."""
     most = min(most, keys.size(-1))
     top = torch.where(member, keys, -1.0).topk(most, dim=-1).indices  # largest first
-    chosen = torch.arange(most, device=keys.device) < take[..., None]
-    return torch.zeros_like(member).scatter_(-1, top, chosen)
+    return top, torch.arange(most, device=keys.device) < take[..., None]
 
 
 def mask_targets_single(boxes: torch.Tensor, gt_inds: torch.Tensor, gt_masks: Any, mask_size: Any,

@@ -35,5 +35,6 @@ def test_operators_are_keyed_by_the_mm_functions_that_called_them():
     with counter:
         sample_pos_neg_masks(gt_inds, keys, num=2, pos_fraction=0.5)
     callers = {key.removesuffix(' [view]') for key in counter.counts}
-    assert callers == {'sample_pos_neg_masks', 'sample_pos_neg_masks>_largest_keys_mask'}
+    assert callers == {'sample_pos_neg_masks', 'sample_pos_neg_masks>draw_counts',
+                       'sample_pos_neg_masks>_largest_keys_mask'}
     assert counter.counts['sample_pos_neg_masks>_largest_keys_mask'] >= 2 * 4  # where, topk, arange, scatter, ...
