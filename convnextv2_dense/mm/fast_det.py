@@ -27,8 +27,9 @@ features, mask targets and losses.
   bit for bit. Its losses (``loss_by_feat``) are taken over all levels at once where both are sums of
   per-anchor terms (sigmoid cross-entropy, L1 or smooth L1): mmdet's per-level losses summed, the same
   gradients bit for bit.
-- ``StandardRoIHeadFast`` (:mod:`.fast_roi`) assigns the proposals of the whole batch in one pass: the same
-  assignments as mmdet's loop over the images, bit for bit.
+- ``StandardRoIHeadFast`` (:mod:`.fast_roi`) assigns the proposals of the whole batch in one pass (the same
+  assignments as mmdet's loop over the images, bit for bit) and draws the batch's RoIs, makes their targets and
+  takes the box losses at once (:mod:`.roi_batch`), with one host synchronisation.
 - ``SingleRoIExtractorFast`` finds the RoIs of every pyramid level from one count (mmdet's runs ``nonzero``
   per level: four synchronisations per call); the same RoIs in the same order, so the same features.
 - ``FCNMaskHeadFast`` computes the mask targets without host round trips. mmdet's copies each image's

@@ -1,12 +1,15 @@
-"""mmdet's ``StandardRoIHead`` assigning the proposals of the whole batch in one pass.
+"""mmdet's ``StandardRoIHead`` assigning and drawing the RoIs of the whole batch in one pass.
 
 mmdet's ``StandardRoIHead.loss`` assigns each image's proposals to its boxes in a loop: one IoU matrix and one
 assignment per image (about 40 operations each, each a kernel launch on a GPU, with ``MaxIoUAssignerFast`` and
-``BboxOverlaps2DFast``). ``StandardRoIHeadFast`` computes the IoUs of every image at once, the proposals and
-boxes padded to the batch's most (the padding's IoUs set to -1, so that it is never assigned nor matched), and
-assigns them with the same rules (:func:`.fast_targets.assign_like`): the same assignments as mmdet's, bit
-for bit. Sampling, the box head and the mask head then run as in mmdet. A batch it cannot take (an image with
-no box or no proposal, ignored boxes the assigner would use, another assigner or IoU) takes mmdet's loop.
+``BboxOverlaps2DFast``), then draws each image's RoIs and makes its targets (about 40 more, and host reads).
+``StandardRoIHeadFast`` computes the IoUs of every image at once, the proposals and boxes padded to the batch's
+most (the padding's IoUs set to -1, so that it is never assigned nor matched), and assigns them with the same
+rules (:func:`.fast_targets.assign_like`): the same assignments as mmdet's, bit for bit. With our
+``RandomSamplerFast`` and mmdet's box head, the draw, the RoIs, the box targets and the losses are then made for
+the batch too (:class:`.roi_batch.RoIBatch`), without host reads but one. A batch it cannot take (an image with
+no box or no proposal, ignored boxes the assigner would use, another assigner, IoU, sampler or box head) takes
+mmdet's loop, or, for another sampler or box head, mmdet's draw and losses after the one-pass assignment.
 """
 from __future__ import annotations
 
