@@ -62,14 +62,12 @@ class RoIBatch:
     def num_images(self) -> int:
         return len(self.num_pos)
 
-    def flat(self, pos: torch.Tensor, neg: torch.Tensor | None = None) -> torch.Tensor:
-        """The rows of every image's drawn positives (from ``pos``, (b, S or more, ...)) then its negatives (from
-        ``neg``, or ``pos``'s negatives' slots), image after image: mmdet's order. One copy."""
-        if neg is None:
-            neg = pos[:, self.pos_slots:]
+    def flat(self, drawn: torch.Tensor) -> torch.Tensor:
+        """The rows of every image's drawn positives then its negatives (from ``drawn``, (b, S, ...), laid out as
+        the draw: the positives' slots, then the negatives'), image after image: mmdet's order. One copy."""
         parts = []
         for i, (p, n) in enumerate(zip(self.num_pos, self.num_neg)):
-            parts += [pos[i, :p], neg[i, :n]]
+            parts += [drawn[i, :p], drawn[i, self.pos_slots:self.pos_slots + n]]
         return torch.cat(parts)
 
     def flat_pos(self, pos: torch.Tensor) -> torch.Tensor:
