@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument('--top', type=int, default=15)
     args = parser.parse_args()
     from convnextv2_dense.bench.full import FullSettings, _build, prepare_full
-    from convnextv2_dense.bench.timing import Row
+    from convnextv2_dense.bench.timing import Row, free_memory
     setup = prepare_full(FullSettings(args.config, device='cuda'))
     gib = 2 ** 30
     for impl in ('ours-eager', 'ours'):
@@ -52,7 +52,7 @@ def main() -> None:
                   f'peak reserved {torch.cuda.max_memory_reserved() / gib:.2f}, reserved '
                   f'{torch.cuda.memory_reserved() / gib:.2f} GiB')
         del model, optim_wrapper
-        torch.cuda.empty_cache()
+        free_memory(setup.device)
 
 
 def print_owners(impl: str, step: int, snapshot: dict, before: int, top: int) -> None:

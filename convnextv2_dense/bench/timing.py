@@ -47,8 +47,15 @@ def synchronize(device: torch.device) -> None:
 
 
 def free_memory(device: torch.device) -> None:
+    """Free what an earlier row left, so that the next row's peak is its own: unreachable objects, the
+    allocator's cache, and cuBLAS's workspaces (32 MiB per stream that ran a matrix product, kept for the
+    process's life: without this a later row's peak counts an earlier row's)."""
     gc.collect()
     if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        clear_workspaces = getattr(torch._C, '_cuda_clearCublasWorkspaces', None)
+        if clear_workspaces is not None:
+            clear_workspaces()
         torch.cuda.empty_cache()
 
 

@@ -194,6 +194,7 @@ class GraphedTrainStep:
     def __call__(self, model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
         """One training step of ``model`` (the bare module, also under DDP). ``sync``: the processes of a
         multi-process job (given by ``GraphedDistributedDataParallel``), else None."""
+        caller_tensors = frozenset(map(id, _sample_tensors([data.get('inputs'), data.get('data_samples')])))
         with optim_wrapper.optim_context(model):
             data = model.data_preprocessor(data, True)
         inputs = data.get('inputs')
@@ -217,7 +218,7 @@ class GraphedTrainStep:
         if self.graph is None:
             error = None
             try:
-                self._capture(model, data, optim_wrapper, sync)
+                self._capture(model, data, optim_wrapper, sync, caller_tensors)
             except Exception as err:  # e.g. a host synchronisation inside the model: never fatal
                 error = f'{type(err).__name__}: {str(err).splitlines()[0][:200]}' if str(err) else type(err).__name__
             failed_somewhere = sync is not None and sync.any_rank(error is not None, inputs.device)
@@ -242,10 +243,16 @@ class GraphedTrainStep:
             self._stream = torch.cuda.Stream(device)
         return self._stream
 
-    def _capture(self, model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> None:
-        """Record forward + loss + backward on static copies of this batch (the replay computes them)."""
-        self._inputs = data['inputs'].clone()
-        self._samples = copy.deepcopy(data.get('data_samples'))
+    def _capture(self, model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None,
+                 caller_tensors: frozenset = frozenset()) -> None:
+        """Record forward + loss + backward on this batch's tensors, kept as the graph's static inputs (the replay
+        computes them; later batches are copied into them). Those the data preprocessor made are kept as they are
+        (no copy, no memory beyond an eager step's); those it passed through from the caller (``caller_tensors``:
+        their ids) are copied, so that later batches never overwrite the caller's."""
+        inputs, samples = data['inputs'], data.get('data_samples')
+        self._inputs = inputs.clone() if id(inputs) in caller_tensors else inputs
+        passed_through = any(id(t) in caller_tensors for t in _sample_tensors(samples))
+        self._samples = copy.deepcopy(samples) if passed_through else samples
         static = dict(data, inputs=self._inputs, data_samples=self._samples)
         scaler = getattr(optim_wrapper, 'loss_scaler', None)
         amp = getattr(optim_wrapper, 'cast_dtype', None) if scaler is not None else None
@@ -270,11 +277,13 @@ class GraphedTrainStep:
         self.graph = graph
 
     def _load(self, data: dict) -> None:
-        """Copy this batch into the graph's static tensors."""
-        self._inputs.copy_(data['inputs'], non_blocking=True)
+        """Copy this batch into the graph's static tensors (nothing to copy for the captured batch itself)."""
         # the batch signature matched: same number of label tensors, same shapes, same order
-        for static, new in zip(_sample_tensors(self._samples), _sample_tensors(data.get('data_samples'))):
-            static.copy_(new, non_blocking=True)
+        pairs = zip([self._inputs, *_sample_tensors(self._samples)],
+                    [data['inputs'], *_sample_tensors(data.get('data_samples'))])
+        for static, new in pairs:
+            if new is not static:
+                static.copy_(new, non_blocking=True)
 
     def _step(self, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
         """The optimizer wrapper's step on the replayed gradients, as ``update_params`` would."""

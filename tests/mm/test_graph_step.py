@@ -307,3 +307,23 @@ def test_eager_dropout_works_after_a_capture_that_failed():
     graph.replay()
     torch.cuda.synchronize()
     assert 0 < out.sum().item() < 2000
+
+
+def test_the_graph_keeps_the_preprocessors_tensors_and_copies_the_callers():
+    from convnextv2_dense.mm.graph_step import _sample_tensors
+    graphed = replay_model(warmup_iters=1)
+    made = []
+    preprocess = graphed.data_preprocessor.forward
+    graphed.data_preprocessor.forward = lambda data, training=False: made.append(preprocess(data, training)) or made[-1]
+    batches = [batch(s) for s in range(4)]
+    captured = [s.gt_sem_seg.data.clone() for s in batches[1]['data_samples']]
+    train(graphed, optim(graphed), batches)
+    step = graphed.graph_step
+    assert step._inputs is made[1]['inputs']  # normalised and stacked by the preprocessor: kept, not copied
+    # on the CPU the preprocessor passes the labels through (the caller's own tensors): the graph holds copies,
+    # so the later batches copied into them leave the caller's batch as it was
+    static = list(_sample_tensors(step._samples))
+    assert not any(t is s.gt_sem_seg.data for t in static for s in batches[1]['data_samples'])
+    for sample, before in zip(batches[1]['data_samples'], captured):
+        assert torch.equal(sample.gt_sem_seg.data, before)
+    assert all(torch.equal(t, s.gt_sem_seg.data) for t, s in zip(static, batches[3]['data_samples']))
