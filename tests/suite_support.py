@@ -37,9 +37,10 @@ def run_repo_tool(tool: str | os.PathLike, *args: object, check: bool = True,
     return proc
 
 
-def import_tool(name: str) -> ModuleType:
-    """``tools/<name>.py`` as a module (a fresh copy each call)."""
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', REPO / 'tools' / f'{name}.py')
+def import_tool(name: str, folder: str = 'tools') -> ModuleType:
+    """``<folder>/<name>.py`` (a user tool, or with ``folder='dev'`` a maintainer probe) as a module (a fresh copy
+    each call)."""
+    spec = importlib.util.spec_from_file_location(f'{name}_tool', REPO / folder / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

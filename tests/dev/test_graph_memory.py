@@ -1,17 +1,11 @@
 """dev/graph_memory.py's --owners: what an allocator history leaves live at its peak, by first line outside torch."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
+from suite_support import import_tool
 
 
 def load_probe():
-    spec = importlib.util.spec_from_file_location('graph_memory', REPO / 'dev' / 'graph_memory.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_tool('graph_memory', folder='dev')
 
 
 def frames(*names):

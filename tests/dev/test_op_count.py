@@ -1,21 +1,14 @@
 """dev/op_count.py, the operator count by calling function: views told apart, keys from the calling chain."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from convnextv2_dense.bench.sync_ops import OperatorCounter
-
-REPO = Path(__file__).resolve().parents[2]
+from suite_support import import_tool
 
 
 def load_probe():
-    spec = importlib.util.spec_from_file_location('op_count', REPO / 'dev' / 'op_count.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_tool('op_count', folder='dev')
 
 
 def test_operators_outside_mm_code_count_as_torch_and_views_apart():
