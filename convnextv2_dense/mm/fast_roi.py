@@ -14,7 +14,7 @@ mmdet's loop, or, for another sampler or box head, mmdet's draw and losses after
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -23,15 +23,29 @@ from .fast_targets import assign_like, assigns_in_one_pass
 from .roi_batch import RoIBatch
 
 
-def padded_overlaps(iou_calculator: Any, gt_boxes: list[torch.Tensor], priors: list[torch.Tensor]) -> torch.Tensor:
-    """The IoUs of each image's boxes (k_i, 4) with its priors (n_i, 4), as (images, max k, max n): mmdet's
-    ``BboxOverlaps2D`` (or ours) on the padded batch (elementwise each image's values), -1 where either is
-    padding."""
+class PaddedAssignment(NamedTuple):
+    """A batch's boxes and proposals padded to its most, and the proposals' assignment (see :func:`assign_padded`)."""
+    gt_boxes: torch.Tensor  # (b, K, 4)
+    gt_labels: torch.Tensor  # (b, K)
+    num_gts: torch.Tensor  # (b,)
+    priors: torch.Tensor  # (b, N, 4)
+    gt_inds: torch.Tensor  # (b, N): 1-based box index, 0 background, -1 ignored or padding
+    max_overlaps: torch.Tensor  # (b, N)
+    labels: torch.Tensor  # (b, N)
+
+
+def assign_padded(assigner: Any, gt_boxes: list[torch.Tensor], gt_labels: list[torch.Tensor],
+                  priors: list[torch.Tensor]) -> PaddedAssignment:
+    """Each image's boxes (k_i, 4) and priors (n_i, 4) padded once, their IoUs by the assigner's calculator
+    (mmdet's ``BboxOverlaps2D`` or ours: elementwise each image's values; -1 where either is padding, so that
+    padding is never assigned nor matched), assigned by :func:`.fast_targets.assign_like`."""
     gts, boxes = pad_sequence(gt_boxes, batch_first=True), pad_sequence(priors, batch_first=True)
     valid_gts = pad_sequence([b.new_ones(len(b), dtype=torch.bool) for b in gt_boxes], batch_first=True)
     valid_priors = pad_sequence([b.new_ones(len(b), dtype=torch.bool) for b in priors], batch_first=True)
-    overlaps = iou_calculator(gts, boxes)
-    return overlaps.masked_fill_(~(valid_gts[:, :, None] & valid_priors[:, None, :]), -1.)
+    overlaps = assigner.iou_calculator(gts, boxes)
+    overlaps.masked_fill_(~(valid_gts[:, :, None] & valid_priors[:, None, :]), -1.)
+    labels = pad_sequence(gt_labels, batch_first=True)
+    return PaddedAssignment(gts, labels, valid_gts.sum(1), boxes, *assign_like(assigner, overlaps, labels))
 
 
 @functools.cache
@@ -90,16 +104,13 @@ def roi_head_class() -> type:
 
         def _sample_batch(self, rpn_results_list, batch_gt_instances) -> RoIBatch:
             """The batch's assignment (as :meth:`_assign`) and draw (as ``self.bbox_sampler``), one pass."""
-            assigner, sampler = self.bbox_assigner, self.bbox_sampler
-            priors = [get_box_tensor(results.priors) for results in rpn_results_list]
-            gt_boxes = [get_box_tensor(gt.bboxes) for gt in batch_gt_instances]
-            overlaps = padded_overlaps(assigner.iou_calculator, gt_boxes, priors)
-            gt_labels = pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True)
-            gt_inds, _, labels = assign_like(assigner, overlaps, gt_labels)
-            num_gts = (overlaps[..., 0] >= 0).sum(1)  # every image has a prior: its boxes' first IoUs are >= 0
-            return RoIBatch(pad_sequence(gt_boxes, batch_first=True), gt_labels, num_gts,
-                            pad_sequence(priors, batch_first=True), gt_inds, labels, sampler.num,
-                            sampler.pos_fraction, sampler.neg_pos_ub, sampler.add_gt_as_proposals)
+            sampler = self.bbox_sampler
+            padded = assign_padded(self.bbox_assigner, [get_box_tensor(gt.bboxes) for gt in batch_gt_instances],
+                                   [gt.labels for gt in batch_gt_instances],
+                                   [get_box_tensor(results.priors) for results in rpn_results_list])
+            return RoIBatch(padded.gt_boxes, padded.gt_labels, padded.num_gts, padded.priors, padded.gt_inds,
+                            padded.labels, sampler.num, sampler.pos_fraction, sampler.neg_pos_ub,
+                            sampler.add_gt_as_proposals)
 
         def _batch_losses(self, x, batch: RoIBatch, batch_gt_instances) -> dict:
             """mmdet's losses of the drawn RoIs (``bbox_loss`` and ``mask_loss``, without host
@@ -141,14 +152,11 @@ def roi_head_class() -> type:
             if not self._assign_in_one_pass(rpn_results_list, batch_gt_instances, batch_gt_instances_ignore):
                 return [self.bbox_assigner.assign(results, gt, ignore) for results, gt, ignore
                         in zip(rpn_results_list, batch_gt_instances, batch_gt_instances_ignore)]
-            assigner = self.bbox_assigner
             priors = [get_box_tensor(results.priors) for results in rpn_results_list]
-            gt_boxes = [get_box_tensor(gt.bboxes) for gt in batch_gt_instances]
-            overlaps = padded_overlaps(assigner.iou_calculator, gt_boxes, priors)
-            labels = pad_sequence([gt.labels for gt in batch_gt_instances], batch_first=True)
-            gt_inds, max_overlaps, assigned = assign_like(assigner, overlaps, labels)
-            return [AssignResult(num_gts=len(gt), gt_inds=gt_inds[i, :len(p)],
-                                 max_overlaps=max_overlaps[i, :len(p)], labels=assigned[i, :len(p)])
+            padded = assign_padded(self.bbox_assigner, [get_box_tensor(gt.bboxes) for gt in batch_gt_instances],
+                                   [gt.labels for gt in batch_gt_instances], priors)
+            return [AssignResult(num_gts=len(gt), gt_inds=padded.gt_inds[i, :len(p)],
+                                 max_overlaps=padded.max_overlaps[i, :len(p)], labels=padded.labels[i, :len(p)])
                     for i, (gt, p) in enumerate(zip(batch_gt_instances, priors))]
 
         def _assign_in_one_pass(self, rpn_results_list, batch_gt_instances, batch_gt_instances_ignore) -> bool:
