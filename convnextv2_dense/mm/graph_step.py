@@ -194,9 +194,9 @@ class GraphedTrainStep:
     def __call__(self, model: Any, data: dict, optim_wrapper: Any, sync: GradientSync | None = None) -> dict:
         """One training step of ``model`` (the bare module, also under DDP). ``sync``: the processes of a
         multi-process job (given by ``GraphedDistributedDataParallel``), else None."""
-        caller_tensors = frozenset(map(id, _sample_tensors([data.get('inputs'), data.get('data_samples')])))
+        raw = data
         with optim_wrapper.optim_context(model):
-            data = model.data_preprocessor(data, True)
+            data = model.data_preprocessor(raw, True)
         inputs = data.get('inputs')
         if self.require_cuda and isinstance(inputs, torch.Tensor) and not inputs.is_cuda:
             return eager_train_step(model, data, optim_wrapper, sync)  # the CPU path is the plain one, silently
@@ -218,6 +218,7 @@ class GraphedTrainStep:
         if self.graph is None:
             error = None
             try:
+                caller_tensors = frozenset(map(id, _sample_tensors([raw.get('inputs'), raw.get('data_samples')])))
                 self._capture(model, data, optim_wrapper, sync, caller_tensors)
             except Exception as err:  # e.g. a host synchronisation inside the model: never fatal
                 error = f'{type(err).__name__}: {str(err).splitlines()[0][:200]}' if str(err) else type(err).__name__
