@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .activations import build_activation
-from .fused import fused_forward, use_fused
+from .fused import conv_norm, fused_forward, use_fused
 from .layers import GRN, DropPath
 
 
@@ -45,6 +45,5 @@ class Block(nn.Module):
         # The fused kernels compute the exact (erf) GELU; any other activation takes the plain path.
         if self.act_name == 'gelu' and use_fused(self.fused_block, self.training, x):
             return x + self.drop_path(fused_forward(self, x))
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.pwconv2(self.grn(self.act(self.pwconv1(self.norm(y)))))
+        y = self.pwconv2(self.grn(self.act(self.pwconv1(conv_norm(self, x)))))
         return x + self.drop_path(y.permute(0, 3, 1, 2))

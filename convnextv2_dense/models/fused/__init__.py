@@ -18,13 +18,21 @@ from torch import nn
 
 from .grn_mlp import TorchOps, gelu_grn_linear
 
-__all__ = ['TorchOps', 'fused_forward', 'gelu_grn_linear', 'kernel_ops', 'triton_available', 'use_fused']
+__all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear', 'kernel_ops',
+           'triton_available', 'use_fused', 'use_triton_conv']
 
 
 @functools.cache
 def triton_available() -> bool:
     """Whether Triton can be imported (it is needed only on CUDA)."""
     return importlib.util.find_spec('triton') is not None
+
+
+@functools.cache
+def dwconv_kernels():
+    """The depthwise-convolution kernels (:mod:`.dwconv`), imported on first use."""
+    from . import dwconv
+    return dwconv
 
 
 @functools.cache
@@ -62,11 +70,48 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     return triton_available()
 
 
+def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
+    """Whether a block with ``fused_block=mode`` runs its depthwise convolution (and, without gradients, its
+    LayerNorm) as the Triton kernels of :mod:`.dwconv` on input ``x``: on CUDA unless ``mode`` is False, also
+    under ``torch.compile`` (as custom ops, torch >= 2.4), never in tracing or export."""
+    if mode is False or not x.is_cuda or not triton_available():
+        return False
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return False
+    if torch.compiler.is_compiling():
+        return dwconv_kernels().COMPILABLE
+    return True
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution on ``x`` computes in: autocast's where it is on, else ``x``'s."""
+    kind = x.device.type
+    try:
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    except (AttributeError, TypeError):  # torch < 2.4
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else x.dtype
+
+
+def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block.norm(block.dwconv(x))`` as an NHWC tensor (the block's first half), by the Triton kernels where
+    :func:`use_triton_conv` says so; without gradients the two run as one pass."""
+    conv, norm = block.dwconv, block.norm
+    if not use_triton_conv(block.fused_block, x):
+        return norm(conv(x).permute(0, 2, 3, 1))
+    kernels = dwconv_kernels()
+    x = x.to(compute_dtype(x))
+    compiling = torch.compiler.is_compiling()
+    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or norm.weight.requires_grad):
+        op = torch.ops.convnextv2_dense.dwconv7x7 if compiling else kernels.depthwise7x7
+        return norm(op(x, conv.weight, conv.bias).permute(0, 2, 3, 1))
+    op = torch.ops.convnextv2_dense.dwconv7x7_norm if compiling else kernels.depthwise7x7_norm
+    return op(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
+
+
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The residual branch of ``block`` (dwconv, norm, pwconv1, grn, pwconv2; drop path applied by the caller)
     on NCHW ``x`` (channels-last in practice); returns it as an NCHW view of an NHWC tensor."""
-    y = block.norm(block.dwconv(x).permute(0, 2, 3, 1))
-    h = block.pwconv1(y)
+    h = block.pwconv1(conv_norm(block, x))
     n, hh, ww, k = h.shape
     out = gelu_grn_linear(h.reshape(n, hh * ww, k), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
                           block.pwconv2.bias, block.grn.eps, kernel_ops())
