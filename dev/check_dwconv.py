@@ -29,6 +29,7 @@ SHAPES = ((96, 128, 32), (192, 64, 32), (384, 32, 32), (768, 16, 32),
           (128, 128, 16), (256, 64, 16), (512, 32, 16), (1024, 16, 16),
           (128, 56, 128), (256, 28, 128), (512, 14, 128), (1024, 7, 128),
           (128, 128, 2), (512, 32, 2))
+ROW_CONFIGS = ((4, 8, 64, 4), (4, 16, 32, 4), (8, 8, 32, 4), (2, 16, 64, 4), (4, 8, 128, 8))  # (h, w, c, warps)
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
@@ -103,6 +104,9 @@ def timing(c: int, hw: int, n: int, dtype: torch.dtype) -> dict:
     row['triton_dgrad'] = median_ms(lambda: dwconv._launch_conv(dyh, dwconv._taps(w), None, dtype))
     row['triton_wgrad'] = median_ms(lambda: dwconv._weight_grad(xh, dyh))
     row['bytes_fwd_gb'] = 2 * x.numel() * x.element_size() / 1e9
+    taps = dwconv._taps(w)
+    for cfg in ROW_CONFIGS:
+        row[f'rows{cfg}'] = median_ms(lambda: dwconv._launch_rows(xh, taps, b, dtype, *cfg))
     return row
 
 
@@ -152,6 +156,7 @@ def main() -> int:
         print(f'| {r["shape"]} | {r["cudnn_fwd"]:.3f} | {r["triton_fwd"]:.3f} | {r["cudnn_fwd_norm"]:.3f} | '
               f'{r["triton_fwd_norm"]:.3f} | {r["cudnn_bwd"]:.3f} | {r["triton_bwd"]:.3f} ({r["triton_dgrad"]:.3f}, '
               f'{r["triton_wgrad"]:.3f}) | {r["bytes_fwd_gb"] / r["triton_fwd"] * 1e3:.0f} |', flush=True)
+        print('    row-block fwd: ' + ', '.join(f'{cfg} {r[f"rows{cfg}"]:.3f}' for cfg in ROW_CONFIGS), flush=True)
     for impl in args.profile:
         for train in (False, True):
             print('\n' + profile(impl, 'tiny', 512, 32, train), flush=True)

@@ -50,12 +50,15 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
         frozen_stages (int): -1 freezes nothing, 0 the stem, k >= 1 the stem and stages 1..k, with their
             output norms; frozen parts stay in eval mode after ``train()``. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
-        fused_block (bool, optional): The block's fast path (:mod:`convnextv2_dense.models.fused`: GRN folded
-            into the second Linear, Triton kernels for GELU and the GRN statistics; same parameters and
-            results). None: in training on CUDA where Triton is installed, for the blocks whose feature map
-            makes it faster (large maps, many images); True: every block, in inference too; False: never
-            (the plain PyTorch block). The CPU, ``torch.compile``, tracing and export always run the
-            plain block. Defaults to None.
+        fused_block (bool, optional): The block's fast paths (:mod:`convnextv2_dense.models.fused`; same
+            parameters and results): the depthwise 7x7 convolution as Triton kernels (with the LayerNorm in
+            the same pass when no gradient is needed), on CUDA where Triton is installed, ``torch.compile``
+            included; and GRN folded into the second Linear with Triton kernels for GELU and the GRN
+            statistics. None: the convolution nowhere yet (it waits for a GPU timing, see
+            ``fused.TRITON_CONV_NEEDS_TRUE``), the GRN fold in eager training for the
+            blocks whose feature map makes it faster (large maps, many images); True: both in every block,
+            in inference too; False: neither (the plain PyTorch block, cuDNN's convolution). The CPU, tracing
+            and export always run the plain block. Defaults to None.
         compile (bool | dict): ``torch.compile`` of the forward pass, for training: it runs compiled only
             in train mode with gradients enabled, and never while the model is traced, scripted, exported
             (ONNX, ``torch.export``) or FX-traced, so test, inference, FLOPs counting and export run eager.

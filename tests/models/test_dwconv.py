@@ -131,6 +131,6 @@ def test_cpu_and_false_keep_cudnn():
     x = torch.randn(1, 8, 4, 4)
     assert not fused.use_triton_conv(None, x) and not fused.use_triton_conv(True, x)
     if torch.cuda.is_available() and fused.triton_available():
-        assert fused.use_triton_conv(None, x.cuda()) and not fused.use_triton_conv(False, x.cuda())
+        assert fused.use_triton_conv(True, x.cuda()) and not fused.use_triton_conv(False, x.cuda())
     block = Block(8)
     assert block.fused_block is None

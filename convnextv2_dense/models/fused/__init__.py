@@ -1,12 +1,13 @@
-"""A faster ConvNeXt V2 block for CUDA training: same parameters, same checkpoint format, same function.
+"""A faster ConvNeXt V2 block for CUDA: same parameters, same checkpoint format, same function.
 
-The block's GELU -> GRN -> Linear runs as one autograd function (:mod:`.grn_mlp`) whose two elementwise
-passes are Triton kernels (:mod:`.triton_ops`); dwconv, LayerNorm and the first Linear stay cuDNN/cuBLAS.
-:func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls when :func:`use_fused`
-says so: on CUDA with Triton installed, outside ``torch.compile`` / tracing / ONNX export, in training by
-default (``fused_block=None``, and only for the shapes where it is faster), everywhere with
-``fused_block=True``, never with ``False``.
-Imports torch only; Triton on the first fused call.
+Two fast paths, both Triton. :func:`conv_norm` runs the depthwise 7x7 convolution as the kernels of
+:mod:`.dwconv` (and, without gradients, its LayerNorm in the same pass) wherever :func:`use_triton_conv` says
+so: on CUDA unless ``fused_block=False``, under ``torch.compile`` as custom ops. The block's GELU -> GRN ->
+Linear runs as one autograd function (:mod:`.grn_mlp`) whose two elementwise passes are Triton kernels
+(:mod:`.triton_ops`); :func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls for it
+when :func:`use_fused` says so: outside ``torch.compile`` / tracing / ONNX export, in training by default
+(``fused_block=None``, and only for the shapes where it is faster), everywhere with ``fused_block=True``.
+Imports torch only; Triton on the first call of a kernel.
 """
 from __future__ import annotations
 
@@ -70,11 +71,18 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     return triton_available()
 
 
+# The Triton convolution runs only with fused_block=True until it has been timed against cuDNN on a GPU
+# (dev/check_dwconv.py); then the default (None) takes it too.
+TRITON_CONV_NEEDS_TRUE = True
+
+
 def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
     """Whether a block with ``fused_block=mode`` runs its depthwise convolution (and, without gradients, its
-    LayerNorm) as the Triton kernels of :mod:`.dwconv` on input ``x``: on CUDA unless ``mode`` is False, also
-    under ``torch.compile`` (as custom ops, torch >= 2.4), never in tracing or export."""
-    if mode is False or not x.is_cuda or not triton_available():
+    LayerNorm) as the Triton kernels of :mod:`.dwconv` on input ``x``: on CUDA with ``mode`` True (and None
+    unless :data:`TRITON_CONV_NEEDS_TRUE`), also under ``torch.compile`` (as custom ops, torch >= 2.4), never
+    in tracing or export."""
+    enabled = mode is True or (mode is None and not TRITON_CONV_NEEDS_TRUE)
+    if not enabled or not x.is_cuda or not triton_available():
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False

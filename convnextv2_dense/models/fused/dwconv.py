@@ -56,6 +56,40 @@ def _dwconv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, nw_ptr, nb_ptr, H, W, C, eps,
 
 
 @triton.jit
+def _dwconv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, H, W, C, row_blocks,
+                        HAS_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    # BLOCK_H output rows per program: each input row is loaded once per horizontal tap and feeds every output
+    # row it reaches (weights of the other rows are masked to zero), 7 * (BLOCK_H + 6) loads for 49 * BLOCK_H.
+    image = tl.program_id(0) // row_blocks
+    h0 = (tl.program_id(0) % row_blocks) * BLOCK_H
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    chans = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = chans < C
+    out_rows = tl.arange(0, BLOCK_H)
+    base = image.to(tl.int64) * H * W * C
+    acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
+    for i in tl.static_range(BLOCK_H + 6):
+        ih = h0 + i - 3 + cols * 0
+        row_ok = (ih >= 0) & (ih < H)
+        kh = i - out_rows
+        kh_ok = (kh >= 0) & (kh < 7)
+        for kw in tl.static_range(7):
+            iw = cols + kw - 3
+            ok = row_ok & (iw >= 0) & (iw < W)
+            offs = base + (ih * W + iw).to(tl.int64)[:, None] * C + chans[None, :]
+            xv = tl.load(x_ptr + offs, mask=ok[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            wv = tl.load(w_ptr + (kh * 7 + kw)[:, None] * C + chans[None, :], mask=kh_ok[:, None] & cmask[None, :],
+                         other=0.0)
+            acc += xv[None, :, :] * wv[:, None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + chans, mask=cmask, other=0.0)[None, None, :]
+    oh = h0 + out_rows
+    out = base + ((oh[:, None] * W + cols[None, :]).to(tl.int64))[:, :, None] * C + chans[None, None, :]
+    ok = (oh < H)[:, None, None] & (cols < W)[None, :, None] & cmask[None, None, :]
+    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _dwconv_wgrad_kernel(x_ptr, dy_ptr, dw_ptr, db_ptr, H, W, C, rows, rows_per_program,
                          BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
     band = tl.program_id(0)
@@ -103,6 +137,19 @@ def _launch_conv(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
     _dwconv_kernel[grid](x, taps, bias if bias is not None else taps, y, nw, nb, h, w, c, eps,
                          HAS_BIAS=bias is not None, NORM=norm is not None, BLOCK_W=block_w, BLOCK_C=block_c,
                          num_warps=4 if block_w * block_c <= 2048 else 8)
+    return y
+
+
+def _launch_rows(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
+                 block_h: int = 4, block_w: int = 8, block_c: int = 64, num_warps: int = 4) -> torch.Tensor:
+    """:func:`_launch_conv` without the norm, by the row-block kernel."""
+    n, h, w, c = x.shape
+    y = torch.empty((n, h, w, c), device=x.device, dtype=out_dtype)
+    row_blocks = triton.cdiv(h, block_h)
+    grid = (n * row_blocks, triton.cdiv(w, block_w), triton.cdiv(c, block_c))
+    _dwconv_rows_kernel[grid](x, taps, bias if bias is not None else taps, y, h, w, c, row_blocks,
+                              HAS_BIAS=bias is not None, BLOCK_H=block_h, BLOCK_W=block_w, BLOCK_C=block_c,
+                              num_warps=num_warps)
     return y
 
 
