@@ -134,3 +134,23 @@ def test_cpu_and_false_keep_cudnn():
         assert fused.use_triton_conv(True, x.cuda()) and not fused.use_triton_conv(False, x.cuda())
     block = Block(8)
     assert block.fused_block is None
+
+
+@pytest.mark.skipif(not fused.dwconv_ops.COMPILABLE, reason='custom ops need torch >= 2.4')
+def test_compiled_block_keeps_the_custom_ops(kernels, monkeypatch):
+    block = random_block(12, seed=6)
+    x = torch.randn(2, 12, 5, 5).to(memory_format=torch.channels_last)
+    want = torch.autograd.grad(block(x.requires_grad_()).square().sum(), [x, *block.parameters()])
+    monkeypatch.setattr(fused, 'use_triton_conv', lambda mode, t: True)
+    calls = []
+    real = fused.dwconv_ops.conv
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+    monkeypatch.setattr(fused.dwconv_ops, 'conv', counted)
+    # aot_eager: dynamo and AOT autograd as for inductor (fake tensors, the ops' registered gradient), no codegen
+    compiled = torch.compile(block, backend='aot_eager', fullgraph=True)
+    got = torch.autograd.grad(compiled(x).square().sum(), [x, *block.parameters()])
+    assert calls, 'the compiled block did not go through the custom op'
+    assert max(rel(a, b) for a, b in zip(got, want)) < 1e-5

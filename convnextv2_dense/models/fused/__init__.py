@@ -17,6 +17,7 @@ import importlib.util
 import torch
 from torch import nn
 
+from . import dwconv_ops
 from .grn_mlp import TorchOps, gelu_grn_linear
 
 __all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear', 'kernel_ops',
@@ -87,7 +88,7 @@ def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
     if torch.compiler.is_compiling():
-        return dwconv_kernels().COMPILABLE
+        return dwconv_ops.COMPILABLE
     return True
 
 
@@ -106,13 +107,13 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     conv, norm = block.dwconv, block.norm
     if not use_triton_conv(block.fused_block, x):
         return norm(conv(x).permute(0, 2, 3, 1))
-    kernels = dwconv_kernels()
     x = x.to(compute_dtype(x))
-    compiling = torch.compiler.is_compiling()
+    compiling = torch.compiler.is_compiling()  # the custom ops, which the compiler keeps whole
+    kernels = dwconv_ops if compiling else dwconv_kernels()
     if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or norm.weight.requires_grad):
-        op = torch.ops.convnextv2_dense.dwconv7x7 if compiling else kernels.depthwise7x7
+        op = kernels.conv if compiling else kernels.depthwise7x7
         return norm(op(x, conv.weight, conv.bias).permute(0, 2, 3, 1))
-    op = torch.ops.convnextv2_dense.dwconv7x7_norm if compiling else kernels.depthwise7x7_norm
+    op = kernels.conv_norm if compiling else kernels.depthwise7x7_norm
     return op(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
 
 

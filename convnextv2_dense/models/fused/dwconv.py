@@ -179,6 +179,26 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
+class _NoContext:
+    """Stands for autograd's ctx where the custom ops (:mod:`.dwconv_ops`) call the Function's methods."""
+
+    def save_for_backward(self, *tensors: torch.Tensor) -> None:
+        self.saved_tensors = tensors
+
+
+def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """:class:`DepthwiseConv7x7`'s forward without autograd."""
+    return DepthwiseConv7x7.forward(_NoContext(), x, weight, bias)
+
+
+def conv_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input, weight and bias gradients of the convolution of NCHW ``x`` for the output gradient ``dy``."""
+    ctx = _NoContext()
+    ctx.saved_tensors, ctx.has_bias = (_nhwc(x), weight), True
+    return DepthwiseConv7x7.backward(ctx, dy)
+
+
 class DepthwiseConv7x7(torch.autograd.Function):
     """``conv2d(x, weight, bias, padding=3, groups=C)`` on NCHW ``x``; output NCHW, channels-last strides."""
 
@@ -228,59 +248,3 @@ def depthwise7x7_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     norm = (norm_weight.detach().float().contiguous(), norm_bias.detach().float().contiguous(), eps)
     return _launch_conv(_nhwc(x), taps, b, x.dtype, norm)
 
-
-# Under torch.compile the kernels run as opaque custom ops (torch >= 2.4): the compiler fuses around them.
-if hasattr(torch.library, 'custom_op'):
-    @torch.library.custom_op('convnextv2_dense::dwconv7x7', mutates_args=())
-    def _conv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return DepthwiseConv7x7.forward(_NoContext(), x, weight, bias)
-
-    @_conv_op.register_fake
-    def _(x, weight, bias):
-        n, c, h, w = x.shape
-        return x.new_empty((n, h, w, c)).permute(0, 3, 1, 2)
-
-    @torch.library.custom_op('convnextv2_dense::dwconv7x7_backward', mutates_args=())
-    def _conv_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ctx = _NoContext()
-        ctx.saved_tensors, ctx.has_bias = (_nhwc(x), weight), True
-        dx, dw, db = DepthwiseConv7x7.backward(ctx, dy)
-        return dx, dw, db
-
-    @_conv_backward_op.register_fake
-    def _(dy, x, weight):
-        n, c, h, w = x.shape
-        return x.new_empty((n, h, w, c)).permute(0, 3, 1, 2), torch.empty_like(weight), weight.new_empty(c)
-
-    def _setup(ctx, inputs, output):
-        x, weight, bias = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-
-    def _backward(ctx, dy):
-        x, weight = ctx.saved_tensors
-        dx, dw, db = _conv_backward_op(dy, x, weight)
-        return dx, dw, db if ctx.has_bias else None
-
-    _conv_op.register_autograd(_backward, setup_context=_setup)
-
-    @torch.library.custom_op('convnextv2_dense::dwconv7x7_norm', mutates_args=())
-    def _conv_norm_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, norm_weight: torch.Tensor,
-                      norm_bias: torch.Tensor, eps: float) -> torch.Tensor:
-        return depthwise7x7_norm(x, weight, bias, norm_weight, norm_bias, eps)
-
-    @_conv_norm_op.register_fake
-    def _(x, weight, bias, norm_weight, norm_bias, eps):
-        n, c, h, w = x.shape
-        return x.new_empty((n, h, w, c))
-    COMPILABLE = True
-else:  # pragma: no cover - torch < 2.4
-    COMPILABLE = False
-
-
-class _NoContext:
-    """Stands for autograd's ctx when the custom ops call the Function's static methods directly."""
-
-    def save_for_backward(self, *tensors: torch.Tensor) -> None:
-        self.saved_tensors = tensors
