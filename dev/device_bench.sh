@@ -8,7 +8,7 @@
 #   dev/device_bench.sh                     # every step
 #   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
+# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused check-dwconv graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
 # full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base (UperNet-B under DDP on every visible GPU:
 # mmengine's wrapper against the graph step's, DIST_IMPLS)
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
@@ -32,9 +32,9 @@ WHEEL_TARGET=${WHEEL_TARGET:-}
 BACKBONE_ARGS=${BACKBONE_ARGS:-}
 FULL_ARGS=${FULL_ARGS:-}
 FULL_IMPLS=${FULL_IMPLS:-"stock ours ours-eager ours-fused ours-compile hf"}
-BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile hf"}
+BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile ours-fused-compile hf"}
 DIST_IMPLS=${DIST_IMPLS:-"stock ours-eager ours"}
-ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base"
+ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused check-dwconv graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -151,6 +151,13 @@ step_check_fused() {
     return "${PIPESTATUS[0]}"
 }
 
+# The Triton depthwise convolution against cuDNN on the GPU (numerics, speed per stage shape, a compiled
+# profile of timm's backbone), see dev/check_dwconv.py.
+step_check_dwconv() {
+    "$PYTHON" dev/check_dwconv.py --profile timm-compile --json-out "$OUT/check-dwconv.json" | tee -a "$OUT/summary.md"
+    return "${PIPESTATUS[0]}"
+}
+
 # Both demo configs through tools/dist_train.sh and tools/dist_test.sh on every visible GPU (NCCL), a few
 # iterations each on a small synthetic set. Without a GPU: DIST_PROCS (default 2) gloo processes on the CPU.
 step_dist_smoke() {
@@ -233,6 +240,7 @@ for step in $STEPS; do
         gpu-tests) step_gpu_tests ;;
         export-fp16) step_export_fp16 ;;
         check-fused) step_check_fused ;;
+        check-dwconv) step_check_dwconv ;;
         graph-memory) step_graph_memory ;;
         dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$step" tiny 512 32 ;;

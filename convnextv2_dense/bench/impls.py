@@ -17,8 +17,10 @@ from ..models.stage_selection import INDEXED_STAGES
 
 # ours: the default (fused block in training on CUDA where Triton is installed and the shape pays);
 # ours-plain: the plain PyTorch block; ours-fused: the fused block everywhere, in inference too;
-# -compile: torch.compile of the whole backbone (which runs the plain block: the compiler fuses it itself).
-IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-compile', 'hf', 'timm', 'timm-compile')
+# -compile: torch.compile of the whole backbone (which runs the plain block: the compiler fuses it itself;
+# ours-fused-compile keeps the Triton depthwise convolution in the compiled graph as custom ops).
+IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-compile', 'ours-fused-compile', 'hf', 'timm',
+                          'timm-compile')
 # Rows of the full-iteration benchmark (.full): as above, plus 'stock': the plain block with the stock mm
 # components (heads, optimizer flags) in place of the fast variants our configs use: the "before" row.
 FULL_IMPLS: tuple[str, ...] = ('stock', 'ours', 'ours-eager', 'ours-plain', 'ours-fused', 'ours-compile', 'hf')
@@ -67,7 +69,7 @@ def build_backbone(impl: str, arch: str) -> nn.Module:
     """An uncompiled backbone with random weights returning all four stage outputs."""
     base = impl.removesuffix('-compile')
     if base in ('ours', 'ours-plain', 'ours-fused'):
-        fused = {'ours': None, 'ours-fused': True}.get(impl, False)
+        fused = {'ours': None, 'ours-fused': True}.get(base, False)
         return ConvNeXtV2(arch, out_indices=(0, 1, 2, 3), fused_block=fused)
     if base == 'hf':
         return HFBackbone(arch)

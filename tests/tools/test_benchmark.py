@@ -217,3 +217,10 @@ def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
     assert [b['type'] for b in built] == ['MMDistributedDataParallel', 'GraphedDistributedDataParallel',
                                           'GraphedDistributedDataParallel']
     assert all(b['module'] == 'MODEL' and b['device_ids'] is None and not b['broadcast_buffers'] for b in built)
+
+
+def test_backbone_rows_set_the_fused_block_as_named():
+    from convnextv2_dense.bench.impls import build_backbone
+    expected = {'ours': None, 'ours-plain': False, 'ours-fused': True, 'ours-compile': None,
+                'ours-fused-compile': True}
+    assert {impl: build_backbone(impl, 'atto').fused_block for impl in expected} == expected
