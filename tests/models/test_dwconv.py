@@ -55,6 +55,14 @@ def test_convolution_and_its_gradients_equal_torch(kernels, shape):
         assert rel(a, b) < 1e-6, (name, rel(a, b))
 
 
+@pytest.mark.parametrize('blocks', [(4, 8, 64, 4), (2, 4, 32, 4)])
+def test_row_block_variant_equals_torch(kernels, blocks):
+    """The second forward kernel (several output rows per program), kept to be timed against the first."""
+    x, weight, bias = conv_inputs(2, 40, 7, 9, seed=7)
+    y = kernels._launch_rows(kernels._nhwc(x.detach()), kernels._taps(weight), bias.detach(), torch.float32, *blocks)
+    assert rel(y, F.conv2d(x, weight, bias, padding=3, groups=40).permute(0, 2, 3, 1)) < 1e-6
+
+
 def test_no_bias(kernels):
     x, weight, _ = conv_inputs(1, 6, 4, 4, seed=1)
     y = kernels.depthwise7x7(x, weight)
