@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +21,7 @@ if REPO_ROOT not in sys.path:  # run from a checkout without installing the pack
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from convnextv2_dense.bench.timing import measure  # noqa: E402
 from convnextv2_dense.models.fused import dwconv  # noqa: E402
 
 # (channels, map side, images): the four stages of tiny 512 x32, base 512 x16, base 224 x128, base 512 x2.
@@ -37,18 +37,9 @@ def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
-def median_ms(fn, warmup: int = 5, iters: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def median_ms(fn) -> float:
+    """Median CUDA-event time of ``fn`` over 20 calls after 5 warm-ups (the benchmark's own timer)."""
+    return measure(fn, warmup=5, iters=20, device=torch.device('cuda'))['ms_median']
 
 
 def inputs(c: int, hw: int, n: int, dtype: torch.dtype, seed: int = 0):

@@ -17,7 +17,6 @@ import triton
 import triton.language as tl
 
 KERNEL = 7
-PAD = KERNEL // 2
 TAPS = KERNEL * KERNEL
 MAX_NORM_CHANNELS = 2048  # widest map whose LayerNorm is fused (one program holds all its channels)
 
