@@ -16,10 +16,11 @@
 # on PYTHONPATH, e.g. /tmp/site, instead of into the environment), PIP_FLAGS (e.g. --break-system-packages),
 # BACKBONE_ARGS / FULL_ARGS (extra arguments for tools/benchmark.py, e.g. "--iters 50"), LOG_DIR (stderr
 # of each step, default /tmp/device_bench_logs), BB_IMPLS / FULL_IMPLS (the rows; defaults below),
-# MMCV_WHEEL_OUT (copy the mmcv wheel built by the mmcv step there, to carry into a later run). The device image
-# lacks these pure-Python needs of the mm packages (carry their wheels too): addict yapf platformdirs
-# termcolor terminaltables pycocotools shapely prettytable ftfy wcwidth; it has opencv-python-headless, timm,
-# scipy, rich. $OUT gets one JSON per benchmark step and summary.md (every table, and the log tail of each
+# MMCV_WHEEL_OUT (copy the mmcv wheel built by the mmcv step there, to carry into a later run), STEP_TIMEOUT
+# (seconds: a step that runs longer is stopped and the next one runs, so one slow step cannot use up a device
+# call). The device image lacks these pure-Python needs of the mm packages (carry their wheels too): addict
+# yapf platformdirs termcolor terminaltables pycocotools shapely prettytable ftfy wcwidth; it has
+# opencv-python-headless, timm, scipy, rich. $OUT gets one JSON per benchmark step and summary.md (every table, and the log tail of each
 # failed step).
 set -u
 
@@ -44,7 +45,7 @@ if [ -n "$WHEEL_TARGET" ]; then
     PIP_TARGET="--upgrade --target $WHEEL_TARGET"
     export PYTHONPATH="$WHEEL_TARGET${PYTHONPATH:+:$PYTHONPATH}"
 fi
-: >"$OUT/summary.md"
+[ -n "${DEVICE_BENCH_CHILD:-}" ] || : >"$OUT/summary.md"  # a child run (STEP_TIMEOUT) appends
 FAILED=""
 
 note() { echo "=== $* ===" >&2; }
@@ -231,9 +232,8 @@ full() {
     run_tool "$1" full --config "$2" --backbone-impl $FULL_IMPLS $FULL_ARGS
 }
 
-for step in $STEPS; do
-    note "$step"
-    case "$step" in
+run_step() {
+    case "$1" in
         env) step_env ;;
         wheels) step_wheels ;;
         mmcv) step_mmcv ;;
@@ -243,17 +243,34 @@ for step in $STEPS; do
         check-dwconv) step_check_dwconv ;;
         graph-memory) step_graph_memory ;;
         dist-smoke) step_dist_smoke ;;
-        bb-tiny-512) bb "$step" tiny 512 32 ;;
-        bb-base-512) bb "$step" base 512 16 ;;
-        bb-base-224) bb "$step" base 224 128 ;;
-        full-seg-base) full "$step" configs/upernet_convnextv2_base_ade20k.py ;;
-        full-seg-tiny) full "$step" configs/upernet_convnextv2_tiny_ade20k.py ;;
-        full-det-base) full "$step" configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py ;;
-        full-det-tiny) full "$step" configs/mask-rcnn_convnextv2_tiny_fpn_3x_coco.py ;;
-        full-cascade) full "$step" configs/cascade-mask-rcnn_convnextv2_tiny_fpn_1x_coco.py ;;
-        dist-full-seg-base) dist_full "$step" configs/upernet_convnextv2_base_ade20k.py ;;
-        *) echo "unknown step '$step'; steps: $ALL_STEPS" >&2; false ;;
-    esac || failed "$step" "$?"
+        bb-tiny-512) bb "$1" tiny 512 32 ;;
+        bb-base-512) bb "$1" base 512 16 ;;
+        bb-base-224) bb "$1" base 224 128 ;;
+        full-seg-base) full "$1" configs/upernet_convnextv2_base_ade20k.py ;;
+        full-seg-tiny) full "$1" configs/upernet_convnextv2_tiny_ade20k.py ;;
+        full-det-base) full "$1" configs/mask-rcnn_convnextv2_base_fpn_3x_coco.py ;;
+        full-det-tiny) full "$1" configs/mask-rcnn_convnextv2_tiny_fpn_3x_coco.py ;;
+        full-cascade) full "$1" configs/cascade-mask-rcnn_convnextv2_tiny_fpn_1x_coco.py ;;
+        dist-full-seg-base) dist_full "$1" configs/upernet_convnextv2_base_ade20k.py ;;
+        *) echo "unknown step '$1'; steps: $ALL_STEPS" >&2; false ;;
+    esac
+}
+
+for step in $STEPS; do
+    note "$step"
+    if [ -z "${STEP_TIMEOUT:-}" ]; then
+        run_step "$step" || failed "$step" "$?"
+        continue
+    fi
+    # The step in a child run of this script, stopped (with everything it started) after STEP_TIMEOUT seconds;
+    # the child reports its own failures, this run the timeouts.
+    STEP_TIMEOUT='' DEVICE_BENCH_CHILD=1 timeout -k 10 "$STEP_TIMEOUT" bash "$0" "$step"
+    rc=$?
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        failed "$step" "$rc, timed out after $STEP_TIMEOUT s"
+    elif [ "$rc" != 0 ]; then
+        FAILED="$FAILED $step"
+    fi
 done
 
 note "done; results in $OUT${FAILED:+; failed steps:$FAILED}"

@@ -47,3 +47,22 @@ def test_wheels_step_leaves_an_sdist_to_the_mmcv_step(tmp_path):
     done = run(tmp_path, 'wheels', WHEELS=str(wheels), WHEEL_PACKAGES='mmcv')
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'skip mmcv: no wheel' in done.stdout
+
+
+def test_step_timeout_stops_a_slow_step_and_runs_the_next(tmp_path):
+    # An interpreter that hangs makes the env step hang; STEP_TIMEOUT must stop it, report it, and go on.
+    slow = tmp_path / 'slow-python'
+    slow.write_text('#!/bin/sh\nexec sleep 60\n')
+    slow.chmod(0o755)
+    done = run(tmp_path, 'env', 'no-such-step', PYTHON=str(slow), STEP_TIMEOUT='2')
+    assert done.returncode != 0
+    summary = (tmp_path / 'out' / 'summary.md').read_text()
+    assert "step 'env' failed (exit 124, timed out after 2 s)" in summary
+    assert "step 'no-such-step' failed" in summary  # the next step ran, and its child's report was kept
+    assert 'failed steps: env no-such-step' in done.stderr
+
+
+def test_step_timeout_leaves_a_passing_step_alone(tmp_path):
+    done = run(tmp_path, 'mmcv', WHEELS=str(tmp_path / 'no-wheels'), STEP_TIMEOUT='100')
+    assert done.returncode == 0, done.stderr
+    assert 'already importable' in done.stdout
