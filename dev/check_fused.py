@@ -4,8 +4,11 @@ For block shapes of the real models (width, feature map, batch) and each dtype, 
 block run forward + backward on the same random input and random non-zero weights; errors are
 ``||out - ref|| / ||ref||`` against the plain block in fp32 (TF32 off), for the output, the input gradient
 and every parameter gradient (the worst one is shown). The plain block in bf16/fp16 is shown next to the
-fused one: both should land near 1e-3 and under the 1e-2 target. Then the kernels alone against their
-torch reference, and fused vs plain block fwd+bwd times (CUDA events, median of 20 after 5 warm-ups).
+fused one: both should land near 1e-3 and under the 1e-2 target. ``fused_block=True`` folds GRN into the
+second Linear where ``worth_fusing`` and applies it in a Triton pass elsewhere (the form is shown), and runs
+the depthwise convolution as Triton kernels. Then the kernels alone against their torch reference, and
+block fwd+bwd times (CUDA events, median of 20 after 5 warm-ups): plain, fused with cuDNN's convolution,
+fused with the Triton convolution.
 
     python dev/check_fused.py [--json-out FILE]
 """
@@ -23,9 +26,11 @@ if REPO_ROOT not in sys.path:  # run from a checkout without installing the pack
 
 import torch  # noqa: E402
 
+from convnextv2_dense.models import fused as fused_module  # noqa: E402
 from convnextv2_dense.models.block import Block  # noqa: E402
-from convnextv2_dense.models.fused import TorchOps, kernel_ops  # noqa: E402
+from convnextv2_dense.models.fused import TorchOps, kernel_ops, worth_fusing  # noqa: E402
 
+use_triton_conv = fused_module.use_triton_conv
 SHAPES = ((128, 128, 2), (256, 64, 2), (512, 32, 2), (1024, 16, 2), (96, 128, 32), (512, 32, 16), (1024, 7, 128))
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -43,6 +48,10 @@ def run_block(block: Block, x: torch.Tensor, g: torch.Tensor, dtype: torch.dtype
     return y.float(), [t.float() for t in grads]
 
 
+def form(c: int, hw: int, n: int) -> str:
+    return 'folded' if worth_fusing(torch.empty(n, c, hw, hw, device='meta')) else 'applied'
+
+
 def numerics(c: int, hw: int, n: int) -> list[dict]:
     torch.manual_seed(c + hw + n)
     block = Block(c).cuda().to(memory_format=torch.channels_last).train()
@@ -57,7 +66,8 @@ def numerics(c: int, hw: int, n: int) -> list[dict]:
     for name, dtype in DTYPES.items():
         for fused in (True, False) if dtype != torch.float32 else (True,):
             y, grads = run_block(block, x, g, dtype, fused)
-            rows.append(dict(shape=f'C{c} {hw}x{hw} N{n}', dtype=name, impl='fused' if fused else 'plain',
+            rows.append(dict(shape=f'C{c} {hw}x{hw} N{n}', dtype=name,
+                             impl=f'fused ({form(c, hw, n)})' if fused else 'plain',
                              out=rel(y, ref_y), dx=rel(grads[0], ref_g[0]),
                              dparams=max(rel(a, b) for a, b in zip(grads[1:], ref_g[1:]))))
     return rows
@@ -71,8 +81,13 @@ def kernels(c: int, hw: int, n: int) -> list[dict]:
         a1, s1 = kernel_ops().gelu_sumsq(h)
         da, r = torch.randn_like(h), torch.randn(n, 4 * c, device='cuda')
         d0, d1 = TorchOps.gelu_grad(h, a0, da, r), kernel_ops().gelu_grad(h, a1, da, r)
+        s, beta = torch.rand(n, 4 * c, device='cuda') + 0.5, torch.randn(4 * c, device='cuda')
+        applied = dict(g=rel(kernel_ops().gelu_grn(h, s, beta), TorchOps.gelu_grn(h, s, beta)),
+                       sums=max(rel(x1, x0) for x1, x0 in zip(kernel_ops().grn_grad_sums(h, da),
+                                                                TorchOps.grn_grad_sums(h, da))),
+                       dh_applied=rel(kernel_ops().gelu_grn_grad(h, da, s, r), TorchOps.gelu_grn_grad(h, da, s, r)))
         rows.append(dict(shape=f'K{4 * c} L{hw * hw} N{n}', dtype=name, a=rel(a1, a0), sumsq=rel(s1, s0),
-                         dh=rel(d1, d0)))
+                         dh=rel(d1, d0), **applied))
     return rows
 
 
@@ -81,8 +96,9 @@ def timing(c: int, hw: int, n: int, dtype: torch.dtype = torch.bfloat16) -> dict
     block = Block(c).cuda().to(memory_format=torch.channels_last).train()
     x = torch.randn(n, c, hw, hw, device='cuda').to(memory_format=torch.channels_last).requires_grad_()
     out = {}
-    for fused in (False, True):
+    for impl, fused, triton_conv in (('plain', False, False), ('fused', True, False), ('fused_conv', True, True)):
         block.fused_block = fused
+        fused_module.use_triton_conv = use_triton_conv if triton_conv else (lambda *args: False)
 
         def step():
             with torch.autocast('cuda', dtype=dtype):
@@ -98,9 +114,11 @@ def timing(c: int, hw: int, n: int, dtype: torch.dtype = torch.bfloat16) -> dict
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
-        out['fused' if fused else 'plain'] = statistics.median(times)
-    return dict(shape=f'C{c} {hw}x{hw} N{n}', plain_ms=out['plain'], fused_ms=out['fused'],
-                speedup=out['plain'] / out['fused'])
+        out[impl] = statistics.median(times)
+    fused_module.use_triton_conv = use_triton_conv
+    return dict(shape=f'C{c} {hw}x{hw} N{n}', form=form(c, hw, n), plain_ms=out['plain'], fused_ms=out['fused'],
+                fused_conv_ms=out['fused_conv'], speedup=out['plain'] / out['fused'],
+                speedup_conv=out['plain'] / out['fused_conv'])
 
 
 def main() -> int:
@@ -118,16 +136,20 @@ def main() -> int:
     print('| block | dtype | impl | out err | dx err | worst param grad err |\n|---|---|---|---|---|---|')
     for r in report['numerics']:
         print(f'| {r["shape"]} | {r["dtype"]} | {r["impl"]} | {r["out"]:.1e} | {r["dx"]:.1e} | {r["dparams"]:.1e} |')
-    print('\n| kernel input | dtype | gelu err | sumsq err | dh err |\n|---|---|---|---|---|')
+    print('\n| kernel input | dtype | gelu err | sumsq err | dh err | applied: g err | sums err | dh err |\n'
+          '|---|---|---|---|---|---|---|---|')
     for r in report['kernels']:
-        print(f'| {r["shape"]} | {r["dtype"]} | {r["a"]:.1e} | {r["sumsq"]:.1e} | {r["dh"]:.1e} |')
-    print('\n| block (bf16 autocast, fwd+bwd) | plain ms | fused ms | speed-up |\n|---|---|---|---|')
+        print(f'| {r["shape"]} | {r["dtype"]} | {r["a"]:.1e} | {r["sumsq"]:.1e} | {r["dh"]:.1e} | {r["g"]:.1e} '
+              f'| {r["sums"]:.1e} | {r["dh_applied"]:.1e} |')
+    print('\n| block (bf16 autocast, fwd+bwd) | GRN form | plain ms | fused ms (cuDNN conv) | speed-up | fused ms '
+          '(Triton conv) | speed-up |\n|---|---|---|---|---|---|---|')
     for r in report['timing']:
-        print(f'| {r["shape"]} | {r["plain_ms"]:.3f} | {r["fused_ms"]:.3f} | {r["speedup"]:.2f}x |')
+        print(f'| {r["shape"]} | {r["form"]} | {r["plain_ms"]:.3f} | {r["fused_ms"]:.3f} | {r["speedup"]:.2f}x | '
+              f'{r["fused_conv_ms"]:.3f} | {r["speedup_conv"]:.2f}x |')
     if args.json_out:
         with open(args.json_out, 'w') as f:
             json.dump(report, f, indent=2)
-    worst = max(max(r['out'], r['dx'], r['dparams']) for r in report['numerics'] if r['impl'] == 'fused')
+    worst = max(max(r['out'], r['dx'], r['dparams']) for r in report['numerics'] if r['impl'] != 'plain')
     return 0 if worst < 1e-2 else 1
 
 

@@ -49,13 +49,13 @@ def random_block(dim: int, seed: int = 0) -> Block:
     return block
 
 
-def fused_branch(block: Block, x: torch.Tensor, ops: type) -> torch.Tensor:
+def fused_branch(block: Block, x: torch.Tensor, ops: type, fold: bool = True) -> torch.Tensor:
     """The block's residual branch through the fused function (what fused_forward does on CUDA)."""
     y = block.norm(block.dwconv(x).permute(0, 2, 3, 1))
     h = block.pwconv1(y)
     n, hh, ww, k = h.shape
     out = gelu_grn_linear(h.reshape(n, hh * ww, k), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
-                          block.pwconv2.bias, block.grn.eps, ops)
+                          block.pwconv2.bias, block.grn.eps, ops, fold=fold)
     return x + out.view(n, hh, ww, -1).permute(0, 3, 1, 2)
 
 
@@ -73,23 +73,28 @@ OPS = [pytest.param('torch', id='torch-passes'),
        pytest.param('triton', id='triton-interpreted', marks=NO_TRITON_ON_CPU)]
 
 
+FORMS = [pytest.param(True, id='folded'), pytest.param(False, id='applied')]
+
+
+@pytest.mark.parametrize('fold', FORMS)
 @pytest.mark.parametrize('ops_name', OPS)
 @pytest.mark.parametrize('shape', [(2, 8, 5, 7), (1, 24, 9, 9)])
-def test_fp32_matches_the_plain_block(ops_name, shape):
+def test_fp32_matches_the_plain_block(ops_name, shape, fold):
     ops = TorchOps if ops_name == 'torch' else interpreted_triton_ops()
     block = random_block(shape[1])
     x = torch.randn(shape).to(memory_format=torch.channels_last)
     grad = torch.randn(shape)
     plain = outputs_and_grads(block, block, x, grad)
-    fused = outputs_and_grads(lambda t: fused_branch(block, t, ops), block, x, grad)
+    fused = outputs_and_grads(lambda t: fused_branch(block, t, ops, fold), block, x, grad)
     names = ['out', 'x', *(name for name, _ in block.named_parameters())]
     errors = {name: rel(a, b) for name, a, b in zip(names, fused, plain)}
     assert max(errors.values()) < 1e-5, errors
 
 
+@pytest.mark.parametrize('fold', FORMS)
 @pytest.mark.parametrize('ops_name', OPS)
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_half_precision_is_within_1e_2_of_fp32(ops_name, dtype):
+def test_half_precision_is_within_1e_2_of_fp32(ops_name, dtype, fold):
     if not cpu_convolves(dtype):
         pytest.skip(f'this torch has no CPU convolution in {dtype}')
     ops = TorchOps if ops_name == 'torch' else interpreted_triton_ops()
@@ -97,7 +102,7 @@ def test_half_precision_is_within_1e_2_of_fp32(ops_name, dtype):
     x, grad = torch.randn(2, 16, 6, 6), torch.randn(2, 16, 6, 6)
     reference = outputs_and_grads(block, block, x, grad)
     half = block.to(dtype)  # no CPU autocast for every op: the whole block in the half dtype
-    fused = outputs_and_grads(lambda t: fused_branch(half, t.to(dtype), ops), half, x, grad)
+    fused = outputs_and_grads(lambda t: fused_branch(half, t.to(dtype), ops, fold), half, x, grad)
     errors = [rel(a, b) for a, b in zip(fused, reference)]
     assert max(errors) < 1e-2, errors
 
@@ -115,6 +120,44 @@ def test_kernels_equal_their_torch_reference(dtype):
     da, r = torch.randn_like(h), torch.randn(2, 72)
     assert rel(ops.gelu_grad(h, a1, da, r), TorchOps.gelu_grad(h, a0, da, r)) < (1e-5 if dtype == torch.float32
                                                                                else 1e-2)
+
+
+@NO_TRITON_ON_CPU
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_applied_form_kernels_equal_their_torch_reference(dtype):
+    ops = interpreted_triton_ops()
+    torch.manual_seed(4)
+    h = (torch.randn(2, 70, 72) * 2).to(dtype)  # row and channel counts that are not block multiples
+    s, r, beta = torch.rand(2, 72) + 0.5, torch.randn(2, 72), torch.randn(72)
+    dg = torch.randn_like(h)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert rel(ops.sumsq_of_gelu(h), TorchOps.sumsq_of_gelu(h)) < tol
+    assert rel(ops.sumsq_of_gelu(h), TorchOps.gelu_sumsq(h)[1]) < tol
+    assert rel(ops.gelu_grn(h, s, beta), TorchOps.gelu_grn(h, s, beta)) < tol
+    for got, want in zip(ops.grn_grad_sums(h, dg), TorchOps.grn_grad_sums(h, dg)):
+        assert got.shape == (2, 72) and rel(got, want) < tol
+    assert rel(ops.gelu_grn_grad(h, dg, s, r), TorchOps.gelu_grn_grad(h, dg, s, r)) < tol
+    # the scaled gradient is the plain one given da = dg * s
+    da = (dg.float() * s[:, None, :]).to(dtype)
+    assert rel(ops.gelu_grn_grad(h, dg, s, r), ops.gelu_grad(h, torch.nn.functional.gelu(h), da, r)) < tol
+
+
+def test_fused_forward_folds_grn_only_where_worth_fusing(monkeypatch):
+    from convnextv2_dense.models import fused
+    forms = []
+
+    def record(*args, fold, **kwargs):
+        forms.append(fold)
+        return gelu_grn_linear(*args[:-1], TorchOps, fold=fold)
+    monkeypatch.setattr(fused, 'gelu_grn_linear', record)
+    monkeypatch.setattr(fused, 'kernel_ops', lambda: TorchOps)
+    monkeypatch.setattr(fused, 'MIN_BATCH_PIXELS', 64)
+    block = random_block(8)
+    for side in (2, 8):  # 4 pixels per channel (applied), then 64 (folded)
+        x = torch.randn(1, 8, side, side)
+        assert torch.allclose(fused.fused_forward(block, x).permute(0, 2, 3, 1) + x.permute(0, 2, 3, 1),
+                              block(x).permute(0, 2, 3, 1), atol=1e-5)
+    assert forms == [False, True]
 
 
 def test_cpu_runs_the_plain_block_and_compile_or_false_never_fuses():

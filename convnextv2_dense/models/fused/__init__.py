@@ -2,11 +2,13 @@
 
 Two fast paths, both Triton. :func:`conv_norm` runs the depthwise 7x7 convolution as the kernels of
 :mod:`.dwconv` (and, without gradients, its LayerNorm in the same pass) wherever :func:`use_triton_conv` says
-so: on CUDA unless ``fused_block=False``, under ``torch.compile`` as custom ops. The block's GELU -> GRN ->
-Linear runs as one autograd function (:mod:`.grn_mlp`) whose two elementwise passes are Triton kernels
-(:mod:`.triton_ops`); :func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls for it
-when :func:`use_fused` says so: outside ``torch.compile`` / tracing / ONNX export, in training by default
-(``fused_block=None``, and only for the shapes where it is faster), everywhere with ``fused_block=True``.
+so: on CUDA with ``fused_block=True`` (by default too once :data:`TRITON_CONV_NEEDS_TRUE` is lifted), under
+``torch.compile`` as custom ops. The block's GELU -> GRN ->
+Linear runs as one autograd function (:mod:`.grn_mlp`) whose elementwise passes are Triton kernels
+(:mod:`.triton_ops`), GRN folded into the Linear's weight on large maps and applied in a pass on the others;
+:func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls for it when :func:`use_fused`
+says so: outside ``torch.compile`` / tracing / ONNX export, in training by default (``fused_block=None``, and
+only for the shapes where it is faster), everywhere with ``fused_block=True``.
 Imports torch only; Triton on the first call of a kernel.
 """
 from __future__ import annotations
@@ -58,12 +60,19 @@ def worth_fusing(x: torch.Tensor) -> bool:
     return h * w >= MIN_PIXELS_PER_CHANNEL * c and n * h * w >= MIN_BATCH_PIXELS
 
 
+# Elsewhere the fused function runs in its applied form (GRN's output written, one plain matmul): only with
+# fused_block=True until it has been timed against the plain block on a GPU (dev/check_fused.py); then the
+# default (None) takes it too, for every shape the folded form does not take.
+GRN_APPLY_NEEDS_TRUE = True
+
+
 def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     """Whether a block in ``training`` mode with ``fused_block=mode`` runs fused on input ``x``: ``True``
-    always (on CUDA), ``None`` in training where :func:`worth_fusing`, ``False`` never."""
+    always (on CUDA), ``None`` in training where :func:`worth_fusing` (and everywhere unless
+    :data:`GRN_APPLY_NEEDS_TRUE`), ``False`` never. :func:`fused_forward` folds GRN where :func:`worth_fusing`."""
     if mode is False or not x.is_cuda:
         return False
-    if mode is None and not (training and torch.is_grad_enabled() and worth_fusing(x)):
+    if mode is None and GRN_APPLY_NEEDS_TRUE and not (training and torch.is_grad_enabled() and worth_fusing(x)):
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
@@ -119,9 +128,10 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The residual branch of ``block`` (dwconv, norm, pwconv1, grn, pwconv2; drop path applied by the caller)
-    on NCHW ``x`` (channels-last in practice); returns it as an NCHW view of an NHWC tensor."""
+    on NCHW ``x`` (channels-last in practice), GRN folded into pwconv2 where :func:`worth_fusing` and applied
+    in a Triton pass elsewhere; returns it as an NCHW view of an NHWC tensor."""
     h = block.pwconv1(conv_norm(block, x))
     n, hh, ww, k = h.shape
     out = gelu_grn_linear(h.reshape(n, hh * ww, k), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
-                          block.pwconv2.bias, block.grn.eps, kernel_ops())
+                          block.pwconv2.bias, block.grn.eps, kernel_ops(), fold=worth_fusing(x))
     return out.view(n, hh, ww, -1).permute(0, 3, 1, 2)

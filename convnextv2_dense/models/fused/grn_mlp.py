@@ -7,7 +7,13 @@ per image, and runs one batched matmul; no GRN output is ever written. The backw
 ``da = dout @ (W * s)``, the weight gradient per image ``dout.T @ a`` gives both ``dW`` and ``ds``, and
 one elementwise pass turns ``da`` plus the statistics' term into ``dh`` through the GELU derivative.
 
-The two elementwise passes are pluggable (:class:`TorchOps` here, Triton kernels in :mod:`.triton_ops`);
+The folded weight is (N, C, K): on small maps with many images it outgrows the activation. There the
+applied form (:func:`gelu_grn_linear` with ``fold=False``) writes the GRN output ``g = gelu(h) * s + beta``
+in one pass (after a statistics pass that reads ``h`` only) and runs one plain matmul; its backward sums
+``dg * a`` and ``dg`` per (image, channel) in one pass and forms ``dh`` in another, recomputing ``a`` from
+``h`` each time, so ``a`` is never stored.
+
+The elementwise passes are pluggable (:class:`TorchOps` here, Triton kernels in :mod:`.triton_ops`);
 everything else is plain PyTorch. Statistics and the small per-image tensors are fp32; the big tensors stay
 in the activation's dtype.
 """
@@ -40,6 +46,46 @@ class TorchOps:
         pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
         return ((da.float() + a.float() * r[:, None, :]) * (cdf + x * pdf)).to(h.dtype)
 
+    @staticmethod
+    def sumsq_of_gelu(h: torch.Tensor) -> torch.Tensor:
+        """``sum over L of gelu(h)**2`` in fp32, (N, K), with ``gelu(h)`` rounded to ``h``'s dtype."""
+        return F.gelu(h).float().square().sum(dim=1)
+
+    @staticmethod
+    def gelu_grn(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """``g = gelu(h) * s + beta`` in ``h``'s dtype; ``s`` is (N, K) fp32, ``beta`` (K,)."""
+        return (F.gelu(h).float() * s[:, None, :] + beta.float()).to(h.dtype)
+
+    @staticmethod
+    def grn_grad_sums(h: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sum over L of dg * gelu(h)`` and ``sum over L of dg``, both (N, K) fp32."""
+        dg = dg.float()
+        return (dg * F.gelu(h).float()).sum(dim=1), dg.sum(dim=1)
+
+    @staticmethod
+    def gelu_grn_grad(h: torch.Tensor, dg: torch.Tensor, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """``dh = (dg * s + a * r) * gelu'(h)`` with ``a = gelu(h)`` in ``h``'s dtype; ``s``, ``r`` (N, K) fp32."""
+        return TorchOps.gelu_grad(h, F.gelu(h), dg.float() * s[:, None, :], r)
+
+
+def _grn_backward(ds: torch.Tensor, gx: torch.Tensor, denom: torch.Tensor, nx: torch.Tensor,
+                  gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """From ``ds`` (N, K), the gradient of GRN's per-image scale ``s = 1 + gamma * gx / denom``: gamma's
+    gradient and ``r`` with ``da += a * r`` (the path through the statistics ``gx = ||a||`` over L)."""
+    dgamma = (ds * nx).sum(dim=0)
+    dnx = ds * gamma.float()
+    dgx = dnx / denom - (dnx * gx).sum(dim=1, keepdim=True) / (denom * denom * gx.shape[1])
+    r = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
+    return dgamma, r
+
+
+def _grn_scale(sumsq: torch.Tensor, gamma: torch.Tensor, eps: float):
+    """GRN's statistics from the (N, K) fp32 sums of squares: ``gx``, ``denom``, ``nx`` and the scale ``s``."""
+    gx = sumsq.sqrt()
+    denom = gx.mean(dim=1, keepdim=True) + eps
+    nx = gx / denom
+    return gx, denom, nx, torch.addcmul(torch.ones_like(nx), gamma.float(), nx)
+
 
 class GeluGrnLinear(torch.autograd.Function):
     """``Linear(GRN(GELU(h)))`` on (N, L, K) ``h``, output (N, L, C); parameters as in the plain block."""
@@ -49,10 +95,7 @@ class GeluGrnLinear(torch.autograd.Function):
                 bias: torch.Tensor, eps: float, ops: type) -> torch.Tensor:
         with torch.autocast(h.device.type, enabled=False):
             a, sumsq = ops.gelu_sumsq(h)
-            gx = sumsq.sqrt()
-            denom = gx.mean(dim=1, keepdim=True) + eps
-            nx = gx / denom
-            s = torch.addcmul(torch.ones_like(nx), gamma.float(), nx)  # (N, K)
+            gx, denom, nx, s = _grn_scale(sumsq, gamma, eps)  # s: (N, K)
             w = weight.float()
             wn = (w[None] * s[:, None, :]).to(h.dtype)  # (N, C, K): the weight with GRN folded in
             b = torch.addmv(bias.float(), w, beta.float()).to(h.dtype)
@@ -72,18 +115,45 @@ class GeluGrnLinear(torch.autograd.Function):
             w = weight.float()
             dweight = torch.einsum('nck,nk->ck', dwn, s) + torch.outer(dsum, beta.float())
             ds = torch.einsum('nck,ck->nk', dwn, w)
-            dgamma = (ds * nx).sum(dim=0)
-            dnx = ds * gamma.float()
-            # nx = gx / (mean(gx) + eps)  ->  dgx; then gx = ||a|| over L  ->  da += a * dgx / gx
-            dgx = dnx / denom - (dnx * gx).sum(dim=1, keepdim=True) / (denom * denom * gx.shape[1])
-            r = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
+            dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
             dh = ctx.ops.gelu_grad(h, a, torch.bmm(dout, wn), r)
         gdt, bdt, wdt, bidt = ctx.param_dtypes
         return (dh, dgamma.to(gdt), (w.t() @ dsum).to(bdt), dweight.to(wdt), dsum.to(bidt), None, None)
 
 
+class GeluGrnThenLinear(torch.autograd.Function):
+    """:class:`GeluGrnLinear` in the applied form: the GRN output is written and the Linear is one plain matmul."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor, eps: float, ops: type) -> torch.Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            gx, denom, nx, s = _grn_scale(ops.sumsq_of_gelu(h), gamma, eps)
+            g = ops.gelu_grn(h, s, beta)
+            out = F.linear(g, weight.to(h.dtype), bias.to(h.dtype))
+        ctx.save_for_backward(h, g, gx, denom, nx, s, gamma, weight)
+        ctx.ops = ops
+        ctx.param_dtypes = (gamma.dtype, beta.dtype, weight.dtype, bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        h, g, gx, denom, nx, s, gamma, weight = ctx.saved_tensors
+        n, length, k = h.shape
+        with torch.autocast(h.device.type, enabled=False):
+            dout = dout.to(h.dtype).reshape(n * length, -1)
+            dweight = dout.t() @ g.reshape(n * length, k)
+            dsum = dout.float().sum(dim=0)
+            dg = (dout @ weight.to(h.dtype)).view(n, length, k)
+            ds, dbeta = ctx.ops.grn_grad_sums(h, dg)
+            dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
+            dh = ctx.ops.gelu_grn_grad(h, dg, s, r)
+        gdt, bdt, wdt, bidt = ctx.param_dtypes
+        return dh, dgamma.to(gdt), dbeta.sum(dim=0).to(bdt), dweight.to(wdt), dsum.to(bidt), None, None
+
+
 def gelu_grn_linear(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor,
-                    bias: torch.Tensor, eps: float = 1e-6, ops: type = TorchOps) -> torch.Tensor:
+                    bias: torch.Tensor, eps: float = 1e-6, ops: type = TorchOps, fold: bool = True) -> torch.Tensor:
     """``Linear(GRN(GELU(h)))`` in fewer passes over ``h``; see the module docstring.
 
     Args:
@@ -94,6 +164,8 @@ def gelu_grn_linear(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, we
         bias (Tensor): (C,) bias of the second Linear.
         eps (float): GRN's epsilon. Defaults to 1e-6.
         ops (type): The elementwise passes, :class:`TorchOps` or the Triton ones. Defaults to TorchOps.
+        fold (bool): Fold GRN into the Linear's weight per image (:class:`GeluGrnLinear`), or write its
+            output and run one plain matmul (:class:`GeluGrnThenLinear`). Defaults to True.
 
     Returns:
         Tensor: (N, L, C) in ``h``'s dtype.
@@ -101,4 +173,5 @@ def gelu_grn_linear(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, we
     if h.dim() != 3:
         raise ValueError(f'h must be (N, L, K), got shape {tuple(h.shape)}')
     k = h.shape[-1]
-    return GeluGrnLinear.apply(h.contiguous(), gamma.reshape(k), beta.reshape(k), weight, bias, eps, ops)
+    function = GeluGrnLinear if fold else GeluGrnThenLinear
+    return function.apply(h.contiguous(), gamma.reshape(k), beta.reshape(k), weight, bias, eps, ops)
