@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
@@ -133,11 +134,18 @@ def main() -> int:
     if not torch.cuda.is_available():
         raise SystemExit('error: this check needs a CUDA GPU')
     print(f'device: {torch.cuda.get_device_name()}, torch {torch.__version__}', flush=True)
-    report = dict(device=torch.cuda.get_device_name(), numerics=[r for s in SHAPES[::3] for r in numerics(*s)])
-    print('| map | dtype | out | norm out | dx | dw | db |\n|---|---|---|---|---|---|---|')
-    for r in report['numerics']:
-        print(f'| {r["shape"]} | {r["dtype"]} | {r["out"]:.1e} | {r["norm"]:.1e} | {r["dx"]:.1e} | {r["dw"]:.1e} '
-              f'| {r["db"]:.1e} |', flush=True)
+    # Each row is printed as soon as it is measured, with the seconds it took (the first rows include Triton's
+    # compiles), so a run stopped by a time limit still reports how far it got.
+    report = dict(device=torch.cuda.get_device_name(), numerics=[])
+    print('| map | dtype | out | norm out | dx | dw | db | s |\n|---|---|---|---|---|---|---|---|', flush=True)
+    for s in SHAPES[::3]:
+        start = time.perf_counter()
+        rows = numerics(*s)
+        seconds = time.perf_counter() - start
+        report['numerics'] += rows
+        for r in rows:
+            print(f'| {r["shape"]} | {r["dtype"]} | {r["out"]:.1e} | {r["norm"]:.1e} | {r["dx"]:.1e} | {r["dw"]:.1e} '
+                  f'| {r["db"]:.1e} | {seconds:.1f} |', flush=True)
     report['timing'] = []
     print(f'\n{args.dtype}, ms | cuDNN fwd | Triton fwd | cuDNN fwd+LN | Triton fwd+LN | cuDNN bwd | Triton bwd '
           '(dgrad, wgrad) | fwd GB/s Triton\n|---|---|---|---|---|---|---|---|')
