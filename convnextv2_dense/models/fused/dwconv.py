@@ -31,7 +31,7 @@ def _dwconv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, nw_ptr, nb_ptr, H, W, C, eps,
     cmask = chans < C
     image = (row - h).to(tl.int64) * W * C
     acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-    for kh in tl.static_range(7):
+    for kh in range(7):  # a loop, not unrolled: unrolled, all 49 loads are hoisted and spill
         ih = h + kh - 3 + cols * 0  # a vector: Triton's interpreter cannot AND a scalar into a mask
         row_ok = (ih >= 0) & (ih < H)
         for kw in tl.static_range(7):
@@ -67,7 +67,7 @@ def _dwconv_rows_kernel(x_ptr, w_ptr, b_ptr, y_ptr, H, W, C, row_blocks,
     out_rows = tl.arange(0, BLOCK_H)
     base = image.to(tl.int64) * H * W * C
     acc = tl.zeros((BLOCK_H, BLOCK_W, BLOCK_C), dtype=tl.float32)
-    for i in tl.static_range(BLOCK_H + 6):
+    for i in range(BLOCK_H + 6):  # a loop (see _dwconv_kernel)
         ih = h0 + i - 3 + cols * 0
         row_ok = (ih >= 0) & (ih < H)
         kh = i - out_rows
@@ -128,15 +128,21 @@ def _launch_conv(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None,
                  norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> torch.Tensor:
     """The kernel on (N, H, W, C) contiguous ``x`` with (49, C) fp32 ``taps``; returns (N, H, W, C)."""
     n, h, w, c = x.shape
-    block_c = _pow2(c) if norm is not None else min(_pow2(c), 128)
-    block_w = max(1, min(_pow2(w), 32, 4096 // block_c))
+    block_w, block_c, num_warps = conv_config(w, c, norm is not None)
     y = torch.empty((n, h, w, c), device=x.device, dtype=out_dtype)
     nw, nb, eps = norm if norm is not None else (taps, taps, 0.0)
     grid = (n * h, triton.cdiv(w, block_w), triton.cdiv(c, block_c))
     _dwconv_kernel[grid](x, taps, bias if bias is not None else taps, y, nw, nb, h, w, c, eps,
                          HAS_BIAS=bias is not None, NORM=norm is not None, BLOCK_W=block_w, BLOCK_C=block_c,
-                         num_warps=4 if block_w * block_c <= 2048 else 8)
+                         num_warps=num_warps)
     return y
+
+
+def conv_config(w: int, c: int, norm: bool) -> tuple[int, int, int]:
+    """``(BLOCK_W, BLOCK_C, num_warps)`` of :func:`_launch_conv` for maps ``w`` wide with ``c`` channels."""
+    block_c = _pow2(c) if norm else min(_pow2(c), 128)
+    block_w = max(1, min(_pow2(w), 32, 4096 // block_c))
+    return block_w, block_c, 4 if block_w * block_c <= 2048 else 8
 
 
 def _launch_rows(x: torch.Tensor, taps: torch.Tensor, bias: torch.Tensor | None, out_dtype: torch.dtype,
