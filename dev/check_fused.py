@@ -15,10 +15,11 @@ fused with the Triton convolution.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import statistics
 import sys
+from unittest import mock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
@@ -26,11 +27,11 @@ if REPO_ROOT not in sys.path:  # run from a checkout without installing the pack
 
 import torch  # noqa: E402
 
+from convnextv2_dense.bench.timing import measure  # noqa: E402
 from convnextv2_dense.models import fused as fused_module  # noqa: E402
 from convnextv2_dense.models.block import Block  # noqa: E402
 from convnextv2_dense.models.fused import TorchOps, kernel_ops, worth_fusing  # noqa: E402
 
-use_triton_conv = fused_module.use_triton_conv
 SHAPES = ((128, 128, 2), (256, 64, 2), (512, 32, 2), (1024, 16, 2), (96, 128, 32), (512, 32, 16), (1024, 7, 128))
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -98,24 +99,16 @@ def timing(c: int, hw: int, n: int, dtype: torch.dtype = torch.bfloat16) -> dict
     out = {}
     for impl, fused, triton_conv in (('plain', False, False), ('fused', True, False), ('fused_conv', True, True)):
         block.fused_block = fused
-        fused_module.use_triton_conv = use_triton_conv if triton_conv else (lambda *args: False)
 
         def step():
             with torch.autocast('cuda', dtype=dtype):
                 y = block(x)
             y.float().sum().backward()
-        for _ in range(5):
-            step()
-        times = []
-        for _ in range(20):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        out[impl] = statistics.median(times)
-    fused_module.use_triton_conv = use_triton_conv
+        # fused_block=True takes the Triton convolution too: the 'fused' column keeps cuDNN's
+        conv = contextlib.nullcontext() if triton_conv else mock.patch.object(fused_module, 'use_triton_conv',
+                                                                               lambda *args: False)
+        with conv:
+            out[impl] = measure(step, warmup=5, iters=20, device=torch.device('cuda'))['ms_median']
     return dict(shape=f'C{c} {hw}x{hw} N{n}', form=form(c, hw, n), plain_ms=out['plain'], fused_ms=out['fused'],
                 fused_conv_ms=out['fused_conv'], speedup=out['plain'] / out['fused'],
                 speedup_conv=out['plain'] / out['fused_conv'])

@@ -49,7 +49,7 @@ class TorchOps:
     @staticmethod
     def sumsq_of_gelu(h: torch.Tensor) -> torch.Tensor:
         """``sum over L of gelu(h)**2`` in fp32, (N, K), with ``gelu(h)`` rounded to ``h``'s dtype."""
-        return F.gelu(h).float().square().sum(dim=1)
+        return TorchOps.gelu_sumsq(h)[1]
 
     @staticmethod
     def gelu_grn(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -130,21 +130,22 @@ class GeluGrnThenLinear(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             gx, denom, nx, s = _grn_scale(ops.sumsq_of_gelu(h), gamma, eps)
             g = ops.gelu_grn(h, s, beta)
-            out = F.linear(g, weight.to(h.dtype), bias.to(h.dtype))
-        ctx.save_for_backward(h, g, gx, denom, nx, s, gamma, weight)
+            weight_h = weight.to(h.dtype)  # cast once, kept for the backward's dg
+            out = F.linear(g, weight_h, bias.to(h.dtype))
+        ctx.save_for_backward(h, g, gx, denom, nx, s, gamma, weight_h)
         ctx.ops = ops
         ctx.param_dtypes = (gamma.dtype, beta.dtype, weight.dtype, bias.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
-        h, g, gx, denom, nx, s, gamma, weight = ctx.saved_tensors
+        h, g, gx, denom, nx, s, gamma, weight_h = ctx.saved_tensors
         n, length, k = h.shape
         with torch.autocast(h.device.type, enabled=False):
             dout = dout.to(h.dtype).reshape(n * length, -1)
             dweight = dout.t() @ g.reshape(n * length, k)
             dsum = dout.float().sum(dim=0)
-            dg = (dout @ weight.to(h.dtype)).view(n, length, k)
+            dg = (dout @ weight_h).view(n, length, k)
             ds, dbeta = ctx.ops.grn_grad_sums(h, dg)
             dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
             dh = ctx.ops.gelu_grn_grad(h, dg, s, r)
