@@ -7,8 +7,10 @@ and every parameter gradient (the worst one is shown). The plain block in bf16/f
 fused one: both should land near 1e-3 and under the 1e-2 target. ``fused_block=True`` folds GRN into the
 second Linear where ``worth_fusing`` and applies it in a Triton pass elsewhere (the form is shown), and runs
 the depthwise convolution as Triton kernels. Then the kernels alone against their torch reference, and
-block fwd+bwd times (CUDA events, median of 20 after 5 warm-ups): plain, fused with cuDNN's convolution,
-fused with the Triton convolution.
+block times (CUDA events, median of 20 after 5 warm-ups), fwd+bwd: plain, fused with cuDNN's convolution,
+fused with the Triton convolution, and that with the applied form as the two Triton matmuls
+(``fused.APPLIED_IN_MATMULS``); inference (no grad): plain, fused, fused with the matmuls. Rows print as
+they are measured, and ``--json-out`` is rewritten after every shape.
 
     python dev/check_fused.py [--json-out FILE]
 """
@@ -49,6 +51,17 @@ def run_block(block: Block, x: torch.Tensor, g: torch.Tensor, dtype: torch.dtype
     return y.float(), [t.float() for t in grads]
 
 
+@contextlib.contextmanager
+def variant(triton_conv: bool = True, in_matmuls: bool = False):
+    """``fused_block=True`` with cuDNN's convolution (``triton_conv=False``; True takes the Triton one) and the
+    applied GRN form as cuBLAS matmuls with passes, or (``in_matmuls``) as the two Triton matmuls."""
+    with contextlib.ExitStack() as stack:
+        if not triton_conv:
+            stack.enter_context(mock.patch.object(fused_module, 'use_triton_conv', lambda *args: False))
+        stack.enter_context(mock.patch.object(fused_module, 'APPLIED_IN_MATMULS', in_matmuls))
+        yield
+
+
 def form(c: int, hw: int, n: int) -> str:
     return 'folded' if worth_fusing(torch.empty(n, c, hw, hw, device='meta')) else 'applied'
 
@@ -64,11 +77,14 @@ def numerics(c: int, hw: int, n: int) -> list[dict]:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     ref_y, ref_g = run_block(block, x, g, torch.float32, fused=False)
     rows = []
+    impls = [('plain', False, False), (f'fused ({form(c, hw, n)})', True, False)]
+    if form(c, hw, n) == 'applied':
+        impls.append(('fused (applied, matmuls)', True, True))
     for name, dtype in DTYPES.items():
-        for fused in (True, False) if dtype != torch.float32 else (True,):
-            y, grads = run_block(block, x, g, dtype, fused)
-            rows.append(dict(shape=f'C{c} {hw}x{hw} N{n}', dtype=name,
-                             impl=f'fused ({form(c, hw, n)})' if fused else 'plain',
+        for impl, fused, in_matmuls in impls if dtype != torch.float32 else impls[1:]:
+            with variant(in_matmuls=in_matmuls):
+                y, grads = run_block(block, x, g, dtype, fused)
+            rows.append(dict(shape=f'C{c} {hw}x{hw} N{n}', dtype=name, impl=impl,
                              out=rel(y, ref_y), dx=rel(grads[0], ref_g[0]),
                              dparams=max(rel(a, b) for a, b in zip(grads[1:], ref_g[1:]))))
     return rows
@@ -92,26 +108,38 @@ def kernels(c: int, hw: int, n: int) -> list[dict]:
     return rows
 
 
+# (column, fused_block, Triton convolution, applied form in the Triton matmuls, training)
+VARIANTS = (('plain', False, False, False, True), ('fused', True, False, False, True),
+            ('fused_conv', True, True, False, True), ('matmuls', True, True, True, True),
+            ('infer_plain', False, False, False, False), ('infer_fused', True, True, False, False),
+            ('infer_matmuls', True, True, True, False))
+
+
 def timing(c: int, hw: int, n: int, dtype: torch.dtype = torch.bfloat16) -> dict:
     torch.manual_seed(0)
-    block = Block(c).cuda().to(memory_format=torch.channels_last).train()
+    block = Block(c).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(n, c, hw, hw, device='cuda').to(memory_format=torch.channels_last).requires_grad_()
     out = {}
-    for impl, fused, triton_conv in (('plain', False, False), ('fused', True, False), ('fused_conv', True, True)):
+    for column, fused, triton_conv, in_matmuls, training in VARIANTS:
+        if in_matmuls and form(c, hw, n) == 'folded':
+            continue  # the matmul form is the applied one's alternative
         block.fused_block = fused
+        block.train(training)
 
         def step():
-            with torch.autocast('cuda', dtype=dtype):
+            with torch.autocast('cuda', dtype=dtype), torch.set_grad_enabled(training):
                 y = block(x)
-            y.float().sum().backward()
-        # fused_block=True takes the Triton convolution too: the 'fused' column keeps cuDNN's
-        conv = contextlib.nullcontext() if triton_conv else mock.patch.object(fused_module, 'use_triton_conv',
-                                                                               lambda *args: False)
-        with conv:
-            out[impl] = measure(step, warmup=5, iters=20, device=torch.device('cuda'))['ms_median']
-    return dict(shape=f'C{c} {hw}x{hw} N{n}', form=form(c, hw, n), plain_ms=out['plain'], fused_ms=out['fused'],
-                fused_conv_ms=out['fused_conv'], speedup=out['plain'] / out['fused'],
-                speedup_conv=out['plain'] / out['fused_conv'])
+            if training:
+                y.float().sum().backward()
+        with variant(triton_conv, in_matmuls):
+            out[column] = measure(step, warmup=5, iters=20, device=torch.device('cuda'))['ms_median']
+    return dict(shape=f'C{c} {hw}x{hw} N{n}', form=form(c, hw, n), **{f'{k}_ms': v for k, v in out.items()})
+
+
+def ms_and_speedup(row: dict, column: str, base: str) -> str:
+    if f'{column}_ms' not in row:
+        return 'n/a | n/a'
+    return f'{row[f"{column}_ms"]:.3f} | {row[f"{base}_ms"] / row[f"{column}_ms"]:.2f}x'
 
 
 def main() -> int:
@@ -120,28 +148,40 @@ def main() -> int:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit('error: this check needs a CUDA GPU')
-    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
-                  numerics=[r for s in SHAPES for r in numerics(*s)],
-                  kernels=[r for s in SHAPES[:4] for r in kernels(*s)])
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    report['timing'] = [timing(*s) for s in SHAPES]
-    print(f'device: {report["device"]}, torch {report["torch"]}\n')
-    print('| block | dtype | impl | out err | dx err | worst param grad err |\n|---|---|---|---|---|---|')
-    for r in report['numerics']:
-        print(f'| {r["shape"]} | {r["dtype"]} | {r["impl"]} | {r["out"]:.1e} | {r["dx"]:.1e} | {r["dparams"]:.1e} |')
+    report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, numerics=[], kernels=[], timing=[])
+
+    def save():  # after every shape, so a run stopped by a time limit keeps what it measured
+        if args.json_out:
+            with open(args.json_out, 'w') as f:
+                json.dump(report, f, indent=2)
+    print(f'device: {report["device"]}, torch {report["torch"]}\n', flush=True)
+    print('| block | dtype | impl | out err | dx err | worst param grad err |\n|---|---|---|---|---|---|', flush=True)
+    for shape in SHAPES:
+        for r in numerics(*shape):
+            report['numerics'].append(r)
+            print(f'| {r["shape"]} | {r["dtype"]} | {r["impl"]} | {r["out"]:.1e} | {r["dx"]:.1e} | '
+                  f'{r["dparams"]:.1e} |', flush=True)
+        save()
     print('\n| kernel input | dtype | gelu err | sumsq err | dh err | applied: g err | sums err | dh err |\n'
-          '|---|---|---|---|---|---|---|---|')
-    for r in report['kernels']:
-        print(f'| {r["shape"]} | {r["dtype"]} | {r["a"]:.1e} | {r["sumsq"]:.1e} | {r["dh"]:.1e} | {r["g"]:.1e} '
-              f'| {r["sums"]:.1e} | {r["dh_applied"]:.1e} |')
-    print('\n| block (bf16 autocast, fwd+bwd) | GRN form | plain ms | fused ms (cuDNN conv) | speed-up | fused ms '
-          '(Triton conv) | speed-up |\n|---|---|---|---|---|---|---|')
-    for r in report['timing']:
-        print(f'| {r["shape"]} | {r["form"]} | {r["plain_ms"]:.3f} | {r["fused_ms"]:.3f} | {r["speedup"]:.2f}x | '
-              f'{r["fused_conv_ms"]:.3f} | {r["speedup_conv"]:.2f}x |')
-    if args.json_out:
-        with open(args.json_out, 'w') as f:
-            json.dump(report, f, indent=2)
+          '|---|---|---|---|---|---|---|---|', flush=True)
+    for shape in SHAPES[:4]:
+        for r in kernels(*shape):
+            report['kernels'].append(r)
+            print(f'| {r["shape"]} | {r["dtype"]} | {r["a"]:.1e} | {r["sumsq"]:.1e} | {r["dh"]:.1e} | {r["g"]:.1e} '
+                  f'| {r["sums"]:.1e} | {r["dh_applied"]:.1e} |', flush=True)
+        save()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    print('\n| block (bf16 autocast) | GRN form | train: plain ms | fused, cuDNN conv | x | fused, Triton conv | x '
+          '| + applied in matmuls | x | infer: plain ms | fused | x | + matmuls | x |\n'
+          '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|', flush=True)
+    for shape in SHAPES:
+        r = timing(*shape)
+        report['timing'].append(r)
+        print(f'| {r["shape"]} | {r["form"]} | {r["plain_ms"]:.3f} | {ms_and_speedup(r, "fused", "plain")} | '
+              f'{ms_and_speedup(r, "fused_conv", "plain")} | {ms_and_speedup(r, "matmuls", "plain")} | '
+              f'{r["infer_plain_ms"]:.3f} | {ms_and_speedup(r, "infer_fused", "infer_plain")} | '
+              f'{ms_and_speedup(r, "infer_matmuls", "infer_plain")} |', flush=True)
+        save()
     worst = max(max(r['out'], r['dx'], r['dparams']) for r in report['numerics'] if r['impl'] != 'plain')
     return 0 if worst < 1e-2 else 1
 

@@ -27,7 +27,7 @@ import triton.backends.nvidia as nvidia_backend  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from convnextv2_dense.models.fused import dwconv, triton_ops  # noqa: E402
+from convnextv2_dense.models.fused import dwconv, mlp_gemm, triton_ops  # noqa: E402
 
 H100 = GPUTarget('cuda', 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(nvidia_backend.__file__), 'bin', 'cuobjdump')
@@ -35,7 +35,8 @@ TYPES = dict(x_ptr='*bf16', w_ptr='*fp32', b_ptr='*fp32', y_ptr='*bf16', nw_ptr=
              dy_ptr='*bf16', dw_ptr='*fp32', H='i32', W='i32', C='i32', eps='fp32', rows='i32',
              rows_per_program='i32', row_blocks='i32', h_ptr='*bf16', a_ptr='*bf16', g_ptr='*bf16', dg_ptr='*bf16',
              da_ptr='*bf16', dh_ptr='*bf16', part_ptr='*fp32', s_ptr='*fp32', beta_ptr='*fp32', ds_ptr='*fp32',
-             db_ptr='*fp32', r_ptr='*fp32', L='i32', K='i32', num_lb='i32')
+             db_ptr='*fp32', r_ptr='*fp32', L='i32', K='i32', num_lb='i32', wt_ptr='*bf16', res_ptr='*bf16',
+             out_ptr='*bf16')
 
 
 def usage(kernel, constexprs: dict, num_warps: int, folder: str) -> tuple[int, int]:
@@ -66,6 +67,14 @@ def shipped_variants():
     yield 'grn_grad_sums', triton_ops._grn_grad_sums_kernel, blocks, 4
     yield 'gelu_grad', triton_ops._gelu_grad_kernel, dict(HAS_SCALE=False, **blocks), 4
     yield 'gelu_grn_grad', triton_ops._gelu_grad_kernel, dict(HAS_SCALE=True, **blocks), 4
+    # the MLP's two matmuls at every stage width (atto to huge), on maps of 128 x 128, 7 x 7 and 4 x 4 pixels
+    shapes = [(rows, c) for c in (40, 96, 128, 192, 256, 384, 512, 768, 1024) for rows in (128 * 128, 49, 16)]
+    for bl, bk, bc, warps in sorted({mlp_gemm.gemm_config(rows, 4 * c, c) for rows, c in shapes}):
+        yield (f'linear_gelu_sumsq {bl}x{bk}x{bc}', mlp_gemm._linear_gelu_sumsq_kernel,
+               dict(FP32=False, BLOCK_L=bl, BLOCK_K=bk, BLOCK_C=bc), warps)
+    for bl, bc, bk, warps in sorted({mlp_gemm.gemm_config(rows, c, 4 * c) for rows, c in shapes}):
+        yield (f'grn_linear {bl}x{bc}x{bk} residual', mlp_gemm._grn_linear_kernel,
+               dict(HAS_RES=True, FP32=False, BLOCK_L=bl, BLOCK_C=bc, BLOCK_K=bk), warps)
 
 
 def main() -> int:

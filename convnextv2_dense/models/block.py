@@ -44,6 +44,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The fused kernels compute the exact (erf) GELU; any other activation takes the plain path.
         if self.act_name == 'gelu' and use_fused(self.fused_block, self.training, x):
-            return x + self.drop_path(fused_forward(self, x))
+            return fused_forward(self, x)
         y = self.pwconv2(self.grn(self.act(self.pwconv1(conv_norm(self, x)))))
         return x + self.drop_path(y.permute(0, 3, 1, 2))

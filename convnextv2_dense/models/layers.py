@@ -69,8 +69,13 @@ class DropPath(nn.Module):
             raise ValueError(f'drop_prob must be in [0, 1), got {drop_prob}')
         self.drop_prob = drop_prob
 
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`forward` drops anything (in training, with a non-zero probability)."""
+        return self.drop_prob > 0.0 and self.training
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
+        if not self.active:
             return x
         keep = 1.0 - self.drop_prob
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from . import dwconv_ops
-from .grn_mlp import TorchOps, gelu_grn_linear
+from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
-__all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear', 'kernel_ops',
-           'triton_available', 'use_fused', 'use_triton_conv']
+__all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear',
+           'gelu_grn_mlp', 'kernel_ops', 'triton_available', 'use_fused', 'use_triton_conv']
 
 
 @functools.cache
@@ -126,12 +126,29 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return op(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
 
 
+# Where GRN is applied (not folded), the MLP runs either as two Triton matmuls that carry GELU, the GRN statistics,
+# GRN's affine and the residual (:mod:`.mlp_gemm`), or as cuBLAS's matmuls with Triton passes between them. Which
+# is faster is for dev/check_fused.py to say on a GPU; until then the second.
+APPLIED_IN_MATMULS = False
+
+
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The residual branch of ``block`` (dwconv, norm, pwconv1, grn, pwconv2; drop path applied by the caller)
-    on NCHW ``x`` (channels-last in practice), GRN folded into pwconv2 where :func:`worth_fusing` and applied
-    in a Triton pass elsewhere; returns it as an NCHW view of an NHWC tensor."""
-    h = block.pwconv1(conv_norm(block, x))
-    n, hh, ww, k = h.shape
-    out = gelu_grn_linear(h.reshape(n, hh * ww, k), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
-                          block.pwconv2.bias, block.grn.eps, kernel_ops(), fold=worth_fusing(x))
-    return out.view(n, hh, ww, -1).permute(0, 3, 1, 2)
+    """``block`` (dwconv, norm, pwconv1, grn, pwconv2, drop path, residual) on NCHW ``x`` (channels-last in
+    practice), GRN folded into pwconv2 where :func:`worth_fusing` and applied elsewhere (in the matmuls'
+    prologue where :data:`APPLIED_IN_MATMULS`, with the residual added in their epilogue when drop path is
+    idle); returns an NCHW view of an NHWC tensor."""
+    y = conv_norm(block, x)
+    n, hh, ww, c = y.shape
+    fold = worth_fusing(x)
+    if fold or not APPLIED_IN_MATMULS:
+        h = block.pwconv1(y)
+        out = gelu_grn_linear(h.reshape(n, hh * ww, -1), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
+                              block.pwconv2.bias, block.grn.eps, kernel_ops(), fold=fold)
+        return x + block.drop_path(out.view(n, hh, ww, -1).permute(0, 3, 1, 2))
+    nhwc = x.permute(0, 2, 3, 1)
+    add_in_matmul = not block.drop_path.active and nhwc.is_contiguous()
+    out = gelu_grn_mlp(y.to(compute_dtype(x)).reshape(n, hh * ww, c), block.pwconv1.weight, block.pwconv1.bias,
+                       block.grn.gamma, block.grn.beta, block.pwconv2.weight, block.pwconv2.bias,
+                       nhwc.reshape(n, hh * ww, c) if add_in_matmul else None, block.grn.eps, kernel_ops())
+    out = out.view(n, hh, ww, c).permute(0, 3, 1, 2)
+    return out if add_in_matmul else x + block.drop_path(out)

@@ -67,6 +67,22 @@ class TorchOps:
         """``dh = (dg * s + a * r) * gelu'(h)`` with ``a = gelu(h)`` in ``h``'s dtype; ``s``, ``r`` (N, K) fp32."""
         return TorchOps.gelu_grad(h, F.gelu(h), dg.float() * s[:, None, :], r)
 
+    @staticmethod
+    def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor,
+                          bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h = y @ weight.T + bias`` in ``y``'s dtype and ``sum over L of gelu(h)**2`` (N, K) fp32; ``y`` is
+        (N, L, C), ``weight`` (K, C) in ``y``'s dtype, ``bias`` (K,) fp32."""
+        h = F.linear(y, weight, bias.to(y.dtype))
+        return h, TorchOps.sumsq_of_gelu(h)
+
+    @staticmethod
+    def grn_linear(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``(gelu(h) * s + beta) @ weight.T + bias``, plus ``residual`` (N, L, C) if given; ``weight`` (C, K) in
+        ``h``'s dtype, ``bias`` (C,) and ``beta`` (K,) fp32."""
+        out = F.linear(TorchOps.gelu_grn(h, s, beta), weight, bias.to(h.dtype))
+        return out if residual is None else residual + out
+
 
 def _grn_backward(ds: torch.Tensor, gx: torch.Tensor, denom: torch.Tensor, nx: torch.Tensor,
                   gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +167,79 @@ class GeluGrnThenLinear(torch.autograd.Function):
             dh = ctx.ops.gelu_grn_grad(h, dg, s, r)
         gdt, bdt, wdt, bidt = ctx.param_dtypes
         return dh, dgamma.to(gdt), dbeta.sum(dim=0).to(bdt), dweight.to(wdt), dsum.to(bidt), None, None
+
+
+class GeluGrnMlp(torch.autograd.Function):
+    """The block's whole MLP, ``Linear(GRN(GELU(Linear(y))))`` plus an optional residual, on (N, L, C) ``y``, as
+    two matmul passes (``ops.linear_gelu_sumsq``, ``ops.grn_linear``): GELU and the GRN statistics in the first
+    one's epilogue, GRN's affine in the second one's prologue and the residual in its epilogue. The backward
+    is :class:`GeluGrnThenLinear`'s, with ``g`` recomputed from ``h`` and the first Linear's gradients added."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, gamma: torch.Tensor,
+                beta: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor, residual: torch.Tensor | None,
+                eps: float, ops: type) -> torch.Tensor:
+        with torch.autocast(y.device.type, enabled=False):
+            weight1_h = weight1.to(y.dtype).contiguous()  # cast once, kept for the backward
+            weight2_h = weight2.to(y.dtype).contiguous()
+            h, sumsq = ops.linear_gelu_sumsq(y, weight1_h, bias1.float())
+            gx, denom, nx, s = _grn_scale(sumsq, gamma, eps)
+            out = ops.grn_linear(h, s, beta.float(), weight2_h, bias2.float(), residual)
+        ctx.save_for_backward(y, h, gx, denom, nx, s, gamma, beta, weight1_h, weight2_h)
+        ctx.ops = ops
+        ctx.has_residual = residual is not None
+        ctx.param_dtypes = tuple(p.dtype for p in (weight1, bias1, gamma, beta, weight2, bias2))
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        y, h, gx, denom, nx, s, gamma, beta, weight1_h, weight2_h = ctx.saved_tensors
+        n, length, k = h.shape
+        ops = ctx.ops
+        with torch.autocast(h.device.type, enabled=False):
+            dbias2 = dout.float().sum(dim=(0, 1))
+            dout_h = dout.to(h.dtype).reshape(n * length, -1)
+            dweight2 = dout_h.t() @ ops.gelu_grn(h, s, beta.float()).reshape(n * length, k)
+            dg = (dout_h @ weight2_h).view(n, length, k)
+            ds, dbeta = ops.grn_grad_sums(h, dg)
+            dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
+            dh = ops.gelu_grn_grad(h, dg, s, r).reshape(n * length, k)
+            dweight1 = dh.t() @ y.reshape(n * length, -1)
+            dbias1 = dh.float().sum(dim=0)
+            dy = (dh @ weight1_h).view(y.shape)
+        grads = (dweight1, dbias1, dgamma, dbeta.sum(dim=0), dweight2, dbias2)
+        return (dy, *(g.to(dt) for g, dt in zip(grads, ctx.param_dtypes)), dout if ctx.has_residual else None,
+                None, None)
+
+
+def gelu_grn_mlp(y: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, gamma: torch.Tensor,
+                 beta: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor, residual: torch.Tensor | None = None,
+                 eps: float = 1e-6, ops: type = TorchOps) -> torch.Tensor:
+    """The block's MLP ``Linear2(GRN(GELU(Linear1(y))))`` (plus ``residual``) in two matmul passes; see
+    :class:`GeluGrnMlp`.
+
+    Args:
+        y (Tensor): (N, L, C) normalised block input, any float dtype (the matmuls run in it).
+        weight1 (Tensor): (K, C) weight of the first Linear.
+        bias1 (Tensor): (K,) bias of the first Linear.
+        gamma (Tensor): GRN gamma, K elements (any shape).
+        beta (Tensor): GRN beta, K elements.
+        weight2 (Tensor): (C, K) weight of the second Linear.
+        bias2 (Tensor): (C,) bias of the second Linear.
+        residual (Tensor, optional): (N, L, C), added to the output (its gradient passes through). Defaults to None.
+        eps (float): GRN's epsilon. Defaults to 1e-6.
+        ops (type): The passes, :class:`TorchOps` or the Triton ones. Defaults to TorchOps.
+
+    Returns:
+        Tensor: (N, L, C) in ``y``'s dtype, or promoted with ``residual``'s.
+    """
+    if y.dim() != 3:
+        raise ValueError(f'y must be (N, L, C), got shape {tuple(y.shape)}')
+    if residual is not None and residual.shape != (*y.shape[:2], weight2.shape[0]):
+        raise ValueError(f'residual must be {(*y.shape[:2], weight2.shape[0])}, got {tuple(residual.shape)}')
+    k = weight1.shape[0]
+    return GeluGrnMlp.apply(y.contiguous(), weight1, bias1, gamma.reshape(k), beta.reshape(k), weight2, bias2,
+                            None if residual is None else residual.contiguous(), eps, ops)
 
 
 def gelu_grn_linear(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor,

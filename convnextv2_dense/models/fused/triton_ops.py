@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import mlp_gemm
+
 BLOCK_L = 64
 BLOCK_K = 64
 _RSQRT2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
@@ -143,3 +145,6 @@ class TritonOps:
         _gelu_grad_kernel[_grid(h)](h, dg.contiguous(), s.contiguous(), r.contiguous(), dh, length, k,
                                     HAS_SCALE=True, BLOCK_L=BLOCK_L, BLOCK_K=BLOCK_K)
         return dh
+
+    linear_gelu_sumsq = staticmethod(mlp_gemm.linear_gelu_sumsq)
+    grn_linear = staticmethod(mlp_gemm.grn_linear)
