@@ -23,7 +23,7 @@ from . import dwconv_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
 __all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear',
-           'gelu_grn_mlp', 'kernel_ops', 'triton_available', 'use_fused', 'use_triton_conv']
+           'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'triton_available', 'use_fused', 'use_triton_conv']
 
 
 @functools.cache
@@ -132,18 +132,26 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 APPLIED_IN_MATMULS = False
 
 
+def mlp_form(x: torch.Tensor) -> str:
+    """How :func:`fused_forward` runs the MLP on block input ``x``: ``'folded'`` (GRN in pwconv2's weight) where
+    :func:`worth_fusing`, else ``'matmuls'`` (the two Triton matmuls) if :data:`APPLIED_IN_MATMULS`, else
+    ``'applied'`` (cuBLAS's matmuls and Triton passes)."""
+    if worth_fusing(x):
+        return 'folded'
+    return 'matmuls' if APPLIED_IN_MATMULS else 'applied'
+
+
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block`` (dwconv, norm, pwconv1, grn, pwconv2, drop path, residual) on NCHW ``x`` (channels-last in
-    practice), GRN folded into pwconv2 where :func:`worth_fusing` and applied elsewhere (in the matmuls'
-    prologue where :data:`APPLIED_IN_MATMULS`, with the residual added in their epilogue when drop path is
-    idle); returns an NCHW view of an NHWC tensor."""
+    practice), the MLP in the form :func:`mlp_form` picks (in the matmul form, the residual is added in the
+    second matmul's epilogue when drop path is idle); returns an NCHW view of an NHWC tensor."""
     y = conv_norm(block, x)
     n, hh, ww, c = y.shape
-    fold = worth_fusing(x)
-    if fold or not APPLIED_IN_MATMULS:
+    form = mlp_form(x)
+    if form != 'matmuls':
         h = block.pwconv1(y)
         out = gelu_grn_linear(h.reshape(n, hh * ww, -1), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
-                              block.pwconv2.bias, block.grn.eps, kernel_ops(), fold=fold)
+                              block.pwconv2.bias, block.grn.eps, kernel_ops(), fold=form == 'folded')
         return x + block.drop_path(out.view(n, hh, ww, -1).permute(0, 3, 1, 2))
     nhwc = x.permute(0, 2, 3, 1)
     add_in_matmul = not block.drop_path.active and nhwc.is_contiguous()
