@@ -3,7 +3,8 @@
 Usage::
 
     # backbone alone, ours vs HF transformers (and timm if installed), after an fp32 parity check
-    python tools/benchmark.py [backbone] [--impl ours ours-plain ours-fused ours-compile hf timm timm-compile]
+    python tools/benchmark.py [backbone]
+        [--impl ours ours-plain ours-fused ours-matmuls ours-compile ours-fused-compile hf timm timm-compile]
         [--arch tiny base]
         [--input 512 224] [--batch N] [--mode train infer] [--dtype bf16|fp16|fp32] [--no-channels-last]
         [--warmup 10] [--compile-warmup 20] [--iters 30] [--device cpu] [--json-out FILE]

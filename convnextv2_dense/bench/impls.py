@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models import ConvNeXtV2, resolve_arch, select_stages
+from ..models import fused
 from ..models.backbone import memory_layout
 from ..models.naming import ParamPosition, parse_param_name
 from ..models.stage_selection import INDEXED_STAGES
@@ -18,9 +19,10 @@ from ..models.stage_selection import INDEXED_STAGES
 # ours: the default (fused block in training on CUDA where Triton is installed and the shape pays);
 # ours-plain: the plain PyTorch block; ours-fused: the fused block everywhere, in inference too;
 # -compile: torch.compile of the whole backbone (which runs the plain block: the compiler fuses it itself;
-# ours-fused-compile keeps the Triton depthwise convolution in the compiled graph as custom ops).
-IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-compile', 'ours-fused-compile', 'hf', 'timm',
-                          'timm-compile')
+# ours-fused-compile keeps the Triton depthwise convolution in the compiled graph as custom ops);
+# ours-matmuls: ours-fused with GRN applied in the two Triton matmuls where it is not folded (not yet a default).
+IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-matmuls', 'ours-compile', 'ours-fused-compile',
+                          'hf', 'timm', 'timm-compile')
 # Rows of the full-iteration benchmark (.full): as above, plus 'stock': the plain block with the stock mm
 # components (heads, optimizer flags) in place of the fast variants our configs use: the "before" row.
 FULL_IMPLS: tuple[str, ...] = ('stock', 'ours', 'ours-eager', 'ours-plain', 'ours-fused', 'ours-compile', 'hf')
@@ -65,9 +67,19 @@ class HFBackbone(nn.Module):
         return tuple(f.contiguous(memory_format=layout) for f in self.hf(pixel_values=x).feature_maps)
 
 
+class MatmulFormBackbone(ConvNeXtV2):
+    """Ours with ``fused.APPLIED_IN_MATMULS`` on while it runs (the ``ours-matmuls`` row)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with fused.applied_in_matmuls():
+            return super().forward(x)
+
+
 def build_backbone(impl: str, arch: str) -> nn.Module:
     """An uncompiled backbone with random weights returning all four stage outputs."""
     base = impl.removesuffix('-compile')
+    if base == 'ours-matmuls':
+        return MatmulFormBackbone(arch, out_indices=(0, 1, 2, 3), fused_block=True)
     if base in ('ours', 'ours-plain', 'ours-fused'):
         fused = {'ours': None, 'ours-fused': True}.get(base, False)
         return ConvNeXtV2(arch, out_indices=(0, 1, 2, 3), fused_block=fused)

@@ -221,6 +221,17 @@ def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
 
 def test_backbone_rows_set_the_fused_block_as_named():
     from convnextv2_dense.bench.impls import build_backbone
-    expected = {'ours': None, 'ours-plain': False, 'ours-fused': True, 'ours-compile': None,
+    expected = {'ours': None, 'ours-plain': False, 'ours-fused': True, 'ours-matmuls': True, 'ours-compile': None,
                 'ours-fused-compile': True}
     assert {impl: build_backbone(impl, 'atto').fused_block for impl in expected} == expected
+
+
+def test_matmuls_row_turns_the_matmul_form_on_only_while_it_runs(monkeypatch):
+    import torch
+
+    from convnextv2_dense.bench.impls import build_backbone
+    from convnextv2_dense.models import block, fused
+    seen = []
+    monkeypatch.setattr(block, 'use_fused', lambda *args: seen.append(fused.APPLIED_IN_MATMULS) or False)
+    outs = build_backbone('ours-matmuls', 'atto')(torch.randn(1, 3, 32, 32))
+    assert len(outs) == 4 and seen and all(seen) and fused.APPLIED_IN_MATMULS is False

@@ -13,8 +13,10 @@ Imports torch only; Triton on the first call of a kernel.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -22,7 +24,7 @@ from torch import nn
 from . import dwconv_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
-__all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear',
+__all__ = ['TorchOps', 'applied_in_matmuls', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward', 'gelu_grn_linear',
            'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'triton_available', 'use_fused', 'use_triton_conv']
 
 
@@ -130,6 +132,17 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # GRN's affine and the residual (:mod:`.mlp_gemm`), or as cuBLAS's matmuls with Triton passes between them. Which
 # is faster is for dev/check_fused.py to say on a GPU; until then the second.
 APPLIED_IN_MATMULS = False
+
+
+@contextlib.contextmanager
+def applied_in_matmuls(enabled: bool = True) -> Iterator[None]:
+    """:data:`APPLIED_IN_MATMULS` set to ``enabled`` inside the ``with`` block, restored after (benchmarks)."""
+    global APPLIED_IN_MATMULS
+    previous, APPLIED_IN_MATMULS = APPLIED_IN_MATMULS, enabled
+    try:
+        yield
+    finally:
+        APPLIED_IN_MATMULS = previous
 
 
 def mlp_form(x: torch.Tensor) -> str:
