@@ -5,7 +5,8 @@ Two fast paths, both Triton. :func:`conv_norm` runs the depthwise 7x7 convolutio
 so: on CUDA with ``fused_block=True`` (by default too once :data:`TRITON_CONV_NEEDS_TRUE` is lifted), under
 ``torch.compile`` as custom ops. The block's GELU -> GRN ->
 Linear runs as one autograd function (:mod:`.grn_mlp`) whose elementwise passes are Triton kernels
-(:mod:`.triton_ops`), GRN folded into the Linear's weight on large maps and applied in a pass on the others;
+(:mod:`.triton_ops`), GRN folded into the Linear's weight on large maps and applied in a pass on the others
+(or, with :data:`APPLIED_IN_MATMULS`, the whole MLP as two Triton matmuls, :mod:`.mlp_gemm`);
 :func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls for it when :func:`use_fused`
 says so: outside ``torch.compile`` / tracing / ONNX export, in training by default (``fused_block=None``, and
 only for the shapes where it is faster), everywhere with ``fused_block=True``.

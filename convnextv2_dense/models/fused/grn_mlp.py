@@ -13,6 +13,10 @@ in one pass (after a statistics pass that reads ``h`` only) and runs one plain m
 ``dg * a`` and ``dg`` per (image, channel) in one pass and forms ``dh`` in another, recomputing ``a`` from
 ``h`` each time, so ``a`` is never stored.
 
+:func:`gelu_grn_mlp` takes the first Linear in too: two matmul passes (:mod:`.mlp_gemm` on CUDA), GELU and the
+statistics in the first one's epilogue, GRN's affine in the second one's prologue, the residual in its
+epilogue; its backward is the applied form's with ``g`` recomputed.
+
 The elementwise passes are pluggable (:class:`TorchOps` here, Triton kernels in :mod:`.triton_ops`);
 everything else is plain PyTorch. Statistics and the small per-image tensors are fp32; the big tensors stay
 in the activation's dtype.
