@@ -70,11 +70,13 @@ def shipped_variants():
     # the MLP's two matmuls at every stage width (atto to huge), on maps of 128 x 128, 7 x 7 and 4 x 4 pixels
     shapes = [(rows, c) for c in (40, 96, 128, 192, 256, 384, 512, 768, 1024) for rows in (128 * 128, 49, 16)]
     for bl, bk, bc, warps in sorted({mlp_gemm.gemm_config(rows, 4 * c, c) for rows, c in shapes}):
-        yield (f'linear_gelu_sumsq {bl}x{bk}x{bc}', mlp_gemm._linear_gelu_sumsq_kernel,
-               dict(FP32=False, BLOCK_L=bl, BLOCK_K=bk, BLOCK_C=bc), warps)
+        for store_gelu in (False, True):  # training keeps h, inference gelu(h)
+            yield (f'linear_gelu_sumsq {bl}x{bk}x{bc}{" store gelu" * store_gelu}', mlp_gemm._linear_gelu_sumsq_kernel,
+                   dict(STORE_GELU=store_gelu, FP32=False, BLOCK_L=bl, BLOCK_K=bk, BLOCK_C=bc), warps)
     for bl, bc, bk, warps in sorted({mlp_gemm.gemm_config(rows, c, 4 * c) for rows, c in shapes}):
-        yield (f'grn_linear {bl}x{bc}x{bk} residual', mlp_gemm._grn_linear_kernel,
-               dict(HAS_RES=True, FP32=False, BLOCK_L=bl, BLOCK_C=bc, BLOCK_K=bk), warps)
+        for gelu in (True, False):
+            yield (f'grn_linear {bl}x{bc}x{bk} residual{" gelu" * gelu}', mlp_gemm._grn_linear_kernel,
+                   dict(GELU=gelu, HAS_RES=True, FP32=False, BLOCK_L=bl, BLOCK_C=bc, BLOCK_K=bk), warps)
 
 
 def main() -> int:

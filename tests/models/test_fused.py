@@ -141,6 +141,15 @@ def test_kernels_equal_their_torch_reference(dtype):
     assert rel(ops.gelu_grn_grad(h, dg, s, r), ops.gelu_grad(h, torch.nn.functional.gelu(h), da, r)) < tol
 
 
+@pytest.mark.parametrize('ops_name', OPS)
+def test_matmul_form_without_gradients_matches_the_plain_block(ops_name):
+    ops = TorchOps if ops_name == 'torch' else interpreted_triton_ops()
+    block = random_block(24, seed=2)
+    x = torch.randn(2, 24, 7, 5).to(memory_format=torch.channels_last)
+    with torch.no_grad():  # the first matmul writes gelu(h) instead of h
+        assert rel(fused_branch(block, x, ops, 'matmuls'), block(x)) < 1e-5
+
+
 @NO_TRITON_ON_CPU
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_matmul_kernels_equal_their_torch_reference(dtype):
@@ -159,6 +168,10 @@ def test_matmul_kernels_equal_their_torch_reference(dtype):
         out1 = ops.grn_linear(h0, s, beta, w2, b2, residual)
         out0 = TorchOps.grn_linear(h0, s, beta, w2, b2, residual)
         assert out1.dtype == out0.dtype and rel(out1, out0) < tol
+    # inference: the first matmul writes gelu(h) and the second applies no GELU, to the same output
+    a1, sumsq_a = ops.linear_gelu_sumsq(y, w1, b1, store_gelu=True)
+    assert rel(a1, torch.nn.functional.gelu(h0)) < tol and rel(sumsq_a, sumsq0) < tol
+    assert rel(ops.grn_linear(a1, s, beta, w2, b2, gelu=False), TorchOps.grn_linear(h0, s, beta, w2, b2)) < tol
 
 
 def test_mlp_rejects_bad_shapes():

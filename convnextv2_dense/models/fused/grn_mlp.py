@@ -72,19 +72,21 @@ class TorchOps:
         return TorchOps.gelu_grad(h, F.gelu(h), dg.float() * s[:, None, :], r)
 
     @staticmethod
-    def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor,
-                          bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``h = y @ weight.T + bias`` in ``y``'s dtype and ``sum over L of gelu(h)**2`` (N, K) fp32; ``y`` is
-        (N, L, C), ``weight`` (K, C) in ``y``'s dtype, ``bias`` (K,) fp32."""
+    def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          store_gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h = y @ weight.T + bias`` (``gelu(h)`` with ``store_gelu``) in ``y``'s dtype and ``sum over L of
+        gelu(h)**2`` (N, K) fp32; ``y`` is (N, L, C), ``weight`` (K, C) in ``y``'s dtype, ``bias`` (K,) fp32."""
         h = F.linear(y, weight, bias.to(y.dtype))
-        return h, TorchOps.sumsq_of_gelu(h)
+        a, sumsq = TorchOps.gelu_sumsq(h)
+        return (a if store_gelu else h), sumsq
 
     @staticmethod
     def grn_linear(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                   residual: torch.Tensor | None = None) -> torch.Tensor:
-        """``(gelu(h) * s + beta) @ weight.T + bias``, plus ``residual`` (N, L, C) if given; ``weight`` (C, K) in
-        ``h``'s dtype, ``bias`` (C,) and ``beta`` (K,) fp32."""
-        out = F.linear(TorchOps.gelu_grn(h, s, beta), weight, bias.to(h.dtype))
+                   residual: torch.Tensor | None = None, gelu: bool = True) -> torch.Tensor:
+        """``(gelu(h) * s + beta) @ weight.T + bias`` (``h`` is ``gelu(h)`` already without ``gelu``), plus
+        ``residual`` (N, L, C) if given; ``weight`` (C, K) in ``h``'s dtype, ``bias`` (C,) and ``beta`` (K,) fp32."""
+        a = F.gelu(h) if gelu else h
+        out = F.linear((a.float() * s[:, None, :] + beta.float()).to(h.dtype), weight, bias.to(h.dtype))
         return out if residual is None else residual + out
 
 
@@ -186,9 +188,11 @@ class GeluGrnMlp(torch.autograd.Function):
         with torch.autocast(y.device.type, enabled=False):
             weight1_h = weight1.to(y.dtype).contiguous()  # cast once, kept for the backward
             weight2_h = weight2.to(y.dtype).contiguous()
-            h, sumsq = ops.linear_gelu_sumsq(y, weight1_h, bias1.float())
+            # without gradients the first matmul writes gelu(h), so the second one applies no GELU
+            inference = not any(ctx.needs_input_grad)
+            h, sumsq = ops.linear_gelu_sumsq(y, weight1_h, bias1.float(), store_gelu=inference)
             gx, denom, nx, s = _grn_scale(sumsq, gamma, eps)
-            out = ops.grn_linear(h, s, beta.float(), weight2_h, bias2.float(), residual)
+            out = ops.grn_linear(h, s, beta.float(), weight2_h, bias2.float(), residual, gelu=not inference)
         ctx.save_for_backward(y, h, gx, denom, nx, s, gamma, beta, weight1_h, weight2_h)
         ctx.ops = ops
         ctx.has_residual = residual is not None

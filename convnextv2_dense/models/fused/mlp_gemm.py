@@ -38,8 +38,8 @@ def _dot(a, b, acc, FP32: tl.constexpr):
 
 @triton.jit
 def _linear_gelu_sumsq_kernel(y_ptr, wt_ptr, b_ptr, h_ptr, part_ptr, L, C, K, num_lb,
-                              FP32: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
-                              BLOCK_C: tl.constexpr):
+                              STORE_GELU: tl.constexpr, FP32: tl.constexpr, BLOCK_L: tl.constexpr,
+                              BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     lb = tl.program_id(1)
     rows = lb * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -56,15 +56,17 @@ def _linear_gelu_sumsq_kernel(y_ptr, wt_ptr, b_ptr, h_ptr, part_ptr, L, C, K, nu
         acc = _dot(y, w, acc, FP32)
     acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0)[None, :]
     h = acc.to(h_ptr.dtype.element_ty)
-    tl.store(h_ptr + rows[:, None] * K + cols[None, :], h, mask=row_ok[:, None] & col_ok[None, :])
-    a = tl.where(row_ok[:, None], _gelu(h.to(tl.float32), h_ptr.dtype.element_ty), 0.0)
+    a = _gelu(h.to(tl.float32), h_ptr.dtype.element_ty)
+    out = a.to(h_ptr.dtype.element_ty) if STORE_GELU else h  # without gradients nothing needs h itself
+    tl.store(h_ptr + rows[:, None] * K + cols[None, :], out, mask=row_ok[:, None] & col_ok[None, :])
+    a = tl.where(row_ok[:, None], a, 0.0)
     tl.store(part_ptr + (n * num_lb + lb) * K + cols, tl.sum(a * a, axis=0), mask=col_ok)
 
 
 @triton.jit
 def _grn_linear_kernel(h_ptr, s_ptr, beta_ptr, wt_ptr, b_ptr, res_ptr, out_ptr, L, K, C,
-                       HAS_RES: tl.constexpr, FP32: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       GELU: tl.constexpr, HAS_RES: tl.constexpr, FP32: tl.constexpr, BLOCK_L: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -79,7 +81,8 @@ def _grn_linear_kernel(h_ptr, s_ptr, beta_ptr, wt_ptr, b_ptr, res_ptr, out_ptr, 
         x = tl.load(h_ptr + rows[:, None] * K + kk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         s = tl.load(s_ptr + kk, mask=k_ok, other=0.0)
         beta = tl.load(beta_ptr + kk, mask=k_ok, other=0.0)
-        g = (_gelu(x.to(tl.float32), h_ptr.dtype.element_ty) * s[None, :] + beta[None, :]).to(h_ptr.dtype.element_ty)
+        a = _gelu(x.to(tl.float32), h_ptr.dtype.element_ty) if GELU else x.to(tl.float32)  # h, or gelu(h) stored
+        g = (a * s[None, :] + beta[None, :]).to(h_ptr.dtype.element_ty)
         w = tl.load(wt_ptr + cols[None, :] * K + kk[:, None], mask=col_ok[None, :] & k_ok[:, None], other=0.0)
         acc = _dot(g, w, acc, FP32)
     acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0)[None, :]
@@ -112,13 +115,15 @@ def gemm_config(rows: int, out_width: int, reduce_width: int) -> tuple[int, int,
     return block_l, block_out, block_reduce, 8 if block_l * block_out >= 64 * 128 else 4
 
 
-def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``h = y @ weight.T + bias`` in ``y``'s dtype and ``sum over L of gelu(h)**2`` in fp32, (N, K).
+def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      store_gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h = y @ weight.T + bias`` (or ``gelu(h)``) in ``y``'s dtype and ``sum over L of gelu(h)**2`` in fp32, (N, K).
 
     Args:
         y (Tensor): (N, L, C) contiguous activations.
         weight (Tensor): (K, C) weight in ``y``'s dtype, contiguous.
         bias (Tensor): (K,) bias, fp32.
+        store_gelu (bool): Return ``gelu(h)`` instead of ``h`` (inference). Defaults to False.
     """
     n, length, c = y.shape
     k = weight.shape[0]
@@ -126,22 +131,24 @@ def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     grid = (n, triton.cdiv(length, block_l), triton.cdiv(k, block_k))
     h = torch.empty((n, length, k), device=y.device, dtype=y.dtype)
     part = torch.empty((n, grid[1], k), device=y.device, dtype=torch.float32)
-    _linear_gelu_sumsq_kernel[grid](y, weight, bias, h, part, length, c, k, grid[1], FP32=_fp32_dot(y.dtype),
+    _linear_gelu_sumsq_kernel[grid](y, weight, bias, h, part, length, c, k, grid[1], STORE_GELU=store_gelu,
+                                    FP32=_fp32_dot(y.dtype),
                                     BLOCK_L=block_l, BLOCK_K=block_k, BLOCK_C=block_c, num_warps=warps)
     return h, part.sum(dim=1)
 
 
 def grn_linear(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
+               residual: torch.Tensor | None = None, gelu: bool = True) -> torch.Tensor:
     """``(gelu(h) * s + beta) @ weight.T + bias``, plus ``residual`` if given (then in the promoted dtype).
 
     Args:
-        h (Tensor): (N, L, K) contiguous activations.
+        h (Tensor): (N, L, K) contiguous activations (``gelu(h)`` itself with ``gelu=False``).
         s (Tensor): (N, K) fp32 GRN scale.
         beta (Tensor): (K,) fp32 GRN shift.
         weight (Tensor): (C, K) weight in ``h``'s dtype, contiguous.
         bias (Tensor): (C,) bias, fp32.
         residual (Tensor, optional): (N, L, C) contiguous, added to the result.
+        gelu (bool): Apply GELU to ``h`` first. Defaults to True.
     """
     n, length, k = h.shape
     c = weight.shape[0]
@@ -150,6 +157,6 @@ def grn_linear(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor, weight: tor
     dtype = h.dtype if residual is None else torch.promote_types(h.dtype, residual.dtype)
     out = torch.empty((n, length, c), device=h.device, dtype=dtype)
     _grn_linear_kernel[grid](h, s, beta, weight, bias, out if residual is None else residual, out, length, k, c,
-                             HAS_RES=residual is not None, FP32=_fp32_dot(h.dtype), BLOCK_L=block_l,
+                             GELU=gelu, HAS_RES=residual is not None, FP32=_fp32_dot(h.dtype), BLOCK_L=block_l,
                              BLOCK_C=block_c, BLOCK_K=block_k, num_warps=warps)
     return out
