@@ -6,7 +6,8 @@ block run forward + backward on the same random input and random non-zero weight
 and every parameter gradient (the worst one is shown). The plain block in bf16/fp16 is shown next to the
 fused one: both should land near 1e-3 and under the 1e-2 target. The fused block runs the depthwise
 convolution as Triton kernels and each MLP form in turn (GRN folded into the second Linear, applied by
-Triton passes between cuBLAS's matmuls, applied in the two Triton matmuls). Then the kernels alone against their torch reference, and
+Triton passes between cuBLAS's matmuls, applied in the two Triton matmuls). Then the kernels alone against
+their torch reference, and
 block times (CUDA events, median of 20 after 5 warm-ups), fwd+bwd: plain, fused with cuDNN's convolution,
 and with the Triton convolution each MLP form forced (GRN folded, applied by passes, applied in the two
 Triton matmuls: ``fused.mlp_form``), training and inference (no grad), on every shape: the table that
@@ -168,7 +169,8 @@ def main() -> int:
         cpu_smoke()
     elif not torch.cuda.is_available():
         raise SystemExit('error: this check needs a CUDA GPU (or --cpu-smoke)')
-    report = dict(device=torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu (smoke)', torch=torch.__version__, numerics=[], kernels=[], timing=[])
+    report = dict(device=torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu (smoke)', torch=torch.__version__,
+                  numerics=[], kernels=[], timing=[])
 
     def save():  # after every shape, so a run stopped by a time limit keeps what it measured
         if args.json_out:
@@ -193,8 +195,8 @@ def main() -> int:
         save()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     print('\nms and speed-up over plain; fused columns with the Triton convolution but "cuDNN conv" (the form as '
-          'shipped)\n\n| block (bf16 autocast) | shipped form | train: plain | cuDNN conv | x | folded | x | applied | x '
-          '| matmuls | x | infer: plain | folded | x | applied | x | matmuls | x |\n|' + '---|' * 18, flush=True)
+          'shipped)\n\n| block (bf16 autocast) | shipped form | train: plain | cuDNN conv | x | folded | x | applied '
+          '| x | matmuls | x | infer: plain | folded | x | applied | x | matmuls | x |\n|' + '---|' * 18, flush=True)
     for shape in SHAPES:
         r = timing(*shape)
         report['timing'].append(r)
