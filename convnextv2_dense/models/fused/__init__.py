@@ -26,7 +26,8 @@ from . import dwconv_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
 __all__ = ['TorchOps', 'applied_in_matmuls', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward',
-           'gelu_grn_linear', 'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'triton_available', 'use_fused', 'use_triton_conv']
+           'gelu_grn_linear', 'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'triton_available', 'use_fused',
+           'use_triton_conv']
 
 
 @functools.cache
