@@ -7,7 +7,8 @@ applied in the prologue: ``h`` is read once and the GRN output ``g`` is never wr
 block (Linear, GELU, GRN's norm and affine, Linear, residual add) that is about 11 C-wide reads and writes
 per pixel instead of 35.
 
-Every tile's rows lie in one image (the grid's first axis), so the GRN statistics need no image lookup.
+Every tile's rows lie in one image (the grid's last axis), so the GRN statistics need no image lookup; the
+output-channel blocks of one row tile are the fastest axis, so they run together and share its reads in L2.
 Rounding follows the plain block: ``h``, ``gelu(h)`` and ``g`` are rounded to the activation dtype before
 use, products accumulate in fp32. ``TRITON_INTERPRET=1`` runs the kernels on CPU tensors (the tests).
 """
@@ -40,10 +41,10 @@ def _dot(a, b, acc, FP32: tl.constexpr):
 def _linear_gelu_sumsq_kernel(y_ptr, wt_ptr, b_ptr, h_ptr, part_ptr, L, C, K, num_lb,
                               STORE_GELU: tl.constexpr, FP32: tl.constexpr, BLOCK_L: tl.constexpr,
                               BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(2).to(tl.int64)
     lb = tl.program_id(1)
     rows = lb * BLOCK_L + tl.arange(0, BLOCK_L)
-    cols = tl.program_id(2) * BLOCK_K + tl.arange(0, BLOCK_K)
+    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)  # fastest: a row tile's programs run together
     row_ok = rows < L
     col_ok = cols < K
     y_ptr += n * L * C  # this image; offsets within it fit 32 bits (64-bit tile offsets spill)
@@ -67,9 +68,9 @@ def _linear_gelu_sumsq_kernel(y_ptr, wt_ptr, b_ptr, h_ptr, part_ptr, L, C, K, nu
 def _grn_linear_kernel(h_ptr, s_ptr, beta_ptr, wt_ptr, b_ptr, res_ptr, out_ptr, L, K, C,
                        GELU: tl.constexpr, HAS_RES: tl.constexpr, FP32: tl.constexpr, BLOCK_L: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(2).to(tl.int64)
     rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    cols = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)  # fastest (see above)
     row_ok = rows < L
     col_ok = cols < C
     h_ptr += n * L * K  # this image (see above)
@@ -128,7 +129,7 @@ def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     n, length, c = y.shape
     k = weight.shape[0]
     block_l, block_k, block_c, warps = gemm_config(length, k, c)
-    grid = (n, triton.cdiv(length, block_l), triton.cdiv(k, block_k))
+    grid = (triton.cdiv(k, block_k), triton.cdiv(length, block_l), n)
     h = torch.empty((n, length, k), device=y.device, dtype=y.dtype)
     part = torch.empty((n, grid[1], k), device=y.device, dtype=torch.float32)
     _linear_gelu_sumsq_kernel[grid](y, weight, bias, h, part, length, c, k, grid[1], STORE_GELU=store_gelu,
@@ -153,7 +154,7 @@ def grn_linear(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor, weight: tor
     n, length, k = h.shape
     c = weight.shape[0]
     block_l, block_c, block_k, warps = gemm_config(length, c, k)
-    grid = (n, triton.cdiv(length, block_l), triton.cdiv(c, block_c))
+    grid = (triton.cdiv(c, block_c), triton.cdiv(length, block_l), n)
     dtype = h.dtype if residual is None else torch.promote_types(h.dtype, residual.dtype)
     out = torch.empty((n, length, c), device=h.device, dtype=dtype)
     _grn_linear_kernel[grid](h, s, beta, weight, bias, out if residual is None else residual, out, length, k, c,
