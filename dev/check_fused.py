@@ -8,10 +8,10 @@ fused one: both should land near 1e-3 and under the 1e-2 target. The fused block
 convolution as Triton kernels and each MLP form in turn (GRN folded into the second Linear, applied by
 Triton passes between cuBLAS's matmuls, applied in the two Triton matmuls). Then the kernels alone against
 their torch reference, and
-block times (CUDA events, median of 20 after 5 warm-ups), fwd+bwd: plain, fused with cuDNN's convolution,
-and with the Triton convolution each MLP form forced (GRN folded, applied by passes, applied in the two
-Triton matmuls: ``fused.mlp_form``), training and inference (no grad), on every shape: the table that
-decides ``mlp_form``'s rule. Rows print as they are measured; ``--json-out`` is rewritten after every shape.
+block times (CUDA events, median of 20 after 5 warm-ups): plain, and each MLP form forced (GRN folded,
+applied by passes, applied in the two Triton matmuls: ``fused.mlp_form``), training (fwd+bwd) and
+inference (no grad, the Triton convolution and LayerNorm where they run; one column with cuDNN's), on every
+shape: the table that decides the rules. Rows print as they are measured; ``--json-out`` is rewritten after every shape.
 
     python dev/check_fused.py [--json-out FILE]
 """
@@ -119,11 +119,11 @@ def kernels(c: int, hw: int, n: int) -> list[dict]:
 
 
 # (column, fused_block, Triton convolution, MLP form (None: as fused.mlp_form picks), training)
-VARIANTS = (('plain', False, False, None, True), ('cudnn_conv', True, False, None, True),
-            ('folded', True, True, 'folded', True), ('applied', True, True, 'applied', True),
-            ('matmuls', True, True, 'matmuls', True),
-            ('infer_plain', False, False, None, False), ('infer_folded', True, True, 'folded', False),
-            ('infer_applied', True, True, 'applied', False), ('infer_matmuls', True, True, 'matmuls', False))
+VARIANTS = (('plain', False, False, None, True), ('folded', True, True, 'folded', True),
+            ('applied', True, True, 'applied', True), ('matmuls', True, True, 'matmuls', True),
+            ('infer_plain', False, False, None, False), ('infer_cudnn', True, False, None, False),
+            ('infer_folded', True, True, 'folded', False), ('infer_applied', True, True, 'applied', False),
+            ('infer_matmuls', True, True, 'matmuls', False))
 
 
 def timing(c: int, hw: int, n: int, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -194,14 +194,16 @@ def main() -> int:
                   f'| {r["mm_out"]:.1e} |', flush=True)
         save()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    print('\nms and speed-up over plain; fused columns with the Triton convolution but "cuDNN conv" (the form as '
-          'shipped)\n\n| block (bf16 autocast) | shipped form | train: plain | cuDNN conv | x | folded | x | applied '
-          '| x | matmuls | x | infer: plain | folded | x | applied | x | matmuls | x |\n|' + '---|' * 18, flush=True)
+    print('\nms and speed-up over plain; training runs cuDNN\'s convolution, inference the Triton convolution and '
+          'LayerNorm (maps up to 256 channels) but in "cuDNN conv" (the form fused.mlp_form picks)\n\n'
+          '| block (bf16 autocast) | form | train: plain | folded | x | applied | x | matmuls | x | infer: plain '
+          '| cuDNN conv | x | folded | x | applied | x | matmuls | x |\n|' + '---|' * 18, flush=True)
     for shape in SHAPES:
         r = timing(*shape)
         report['timing'].append(r)
-        train = ' | '.join(ms_and_speedup(r, col, 'plain') for col in ('cudnn_conv', 'folded', 'applied', 'matmuls'))
-        infer = ' | '.join(ms_and_speedup(r, f'infer_{col}', 'infer_plain') for col in ('folded', 'applied', 'matmuls'))
+        train = ' | '.join(ms_and_speedup(r, col, 'plain') for col in ('folded', 'applied', 'matmuls'))
+        infer = ' | '.join(ms_and_speedup(r, f'infer_{col}', 'infer_plain')
+                           for col in ('cudnn', 'folded', 'applied', 'matmuls'))
         print(f'| {r["shape"]} | {r["form"]} | {r["plain_ms"]:.3f} | {train} | {r["infer_plain_ms"]:.3f} | {infer} |',
               flush=True)
         save()

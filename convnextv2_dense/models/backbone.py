@@ -51,15 +51,15 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
             output norms; frozen parts stay in eval mode after ``train()``. Defaults to -1.
         with_cp (bool): Activation checkpointing per block. Defaults to False.
         fused_block (bool, optional): The block's fast paths (:mod:`convnextv2_dense.models.fused`; same
-            parameters and results): the depthwise 7x7 convolution as Triton kernels (with the LayerNorm in
-            the same pass when no gradient is needed), on CUDA where Triton is installed, ``torch.compile``
-            included; and GELU -> GRN -> Linear as one function with Triton kernels for GELU and the GRN
+            parameters and results), on CUDA where Triton is installed: without gradients the depthwise 7x7
+            convolution and its LayerNorm as one Triton pass (maps up to 256 channels; ``torch.compile``
+            included); and GELU -> GRN -> Linear as one function with Triton kernels for GELU and the GRN
             statistics, GRN folded into the Linear's weight on large maps with many images and applied in a
-            Triton pass on the others. None: the convolution and the applied form nowhere yet (they wait for
-            a GPU timing, see ``fused.TRITON_CONV_NEEDS_TRUE`` and ``fused.GRN_APPLY_NEEDS_TRUE``), the GRN
-            fold in eager training for the blocks whose feature map makes it faster; True: all of them in
-            every block, in inference too; False: neither (the plain PyTorch block, cuDNN's convolution). The CPU, tracing
-            and export always run the plain block. Defaults to None.
+            Triton pass on the others. None: each where it measured faster on an H100 (training: the GRN fold
+            on maps with at least 8 pixels per channel and 65,536 pixels in the batch; inference: both paths
+            where the batch has 65,536 pixels or more); True: in every block; False: neither (the plain
+            PyTorch block, cuDNN's convolution). The CPU, tracing and export always run the plain block.
+            Defaults to None.
         compile (bool | dict): ``torch.compile`` of the forward pass, for training: it runs compiled only
             in train mode with gradients enabled, and never while the model is traced, scripted, exported
             (ONNX, ``torch.export``) or FX-traced, so test, inference, FLOPs counting and export run eager.

@@ -27,5 +27,5 @@ def test_cpu_smoke_prints_every_table(tmp_path):
         assert f'fused ({form})' in done.stdout
     assert '| matmuls: h err |' in done.stdout and '| infer: plain |' in done.stdout
     data = json.loads(report.read_text())
-    assert len(data['timing']) == 2 and {'matmuls_ms', 'infer_matmuls_ms', 'cudnn_conv_ms'} <= set(data['timing'][0])
+    assert len(data['timing']) == 2 and {'matmuls_ms', 'infer_matmuls_ms', 'infer_cudnn_ms'} <= set(data['timing'][0])
     assert len(data['numerics']) == 2 * (3 + 4 + 4)  # per shape: fp32 fused forms, bf16 and fp16 with plain

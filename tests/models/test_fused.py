@@ -220,7 +220,31 @@ def test_cpu_runs_the_plain_block_and_compile_or_false_never_fuses():
     assert not use_fused(None, True, x) and not use_fused(True, True, x)
     if torch.cuda.is_available():
         assert not use_fused(False, True, x.cuda())
-        assert not use_fused(None, False, x.cuda())  # the default serves training only
+
+
+class FakeCuda:
+    """Stands for a CUDA block input: the rules read only the device and the shape."""
+    is_cuda = True
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+
+@pytest.mark.parametrize('shape, training, grad, expected', [
+    ((32, 96, 128, 128), True, True, True),  # training: where the fold pays
+    ((16, 512, 32, 32), True, True, False),
+    ((32, 96, 128, 128), False, True, False),  # eval with gradients: plain
+    ((32, 96, 128, 128), False, False, True),  # inference: where the batch has 65,536 pixels or more
+    ((128, 256, 28, 28), False, False, True),
+    ((16, 512, 32, 32), False, False, False),
+    ((2, 128, 128, 128), False, False, False),
+    ((2, 128, 128, 128), True, False, False)])
+def test_default_runs_fused_where_it_measured_faster(monkeypatch, shape, training, grad, expected):
+    from convnextv2_dense.models import fused
+    monkeypatch.setattr(fused, 'triton_available', lambda: True)
+    with torch.set_grad_enabled(grad):
+        assert use_fused(None, training, FakeCuda(*shape)) is expected
+        assert use_fused(True, training, FakeCuda(*shape)) and not use_fused(False, training, FakeCuda(*shape))
 
 
 def test_fused_block_keeps_parameter_names_and_rejects_bad_values():

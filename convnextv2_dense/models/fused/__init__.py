@@ -1,15 +1,14 @@
 """A faster ConvNeXt V2 block for CUDA: same parameters, same checkpoint format, same function.
 
-Two fast paths, both Triton. :func:`conv_norm` runs the depthwise 7x7 convolution as the kernels of
-:mod:`.dwconv` (and, without gradients, its LayerNorm in the same pass) wherever :func:`use_triton_conv` says
-so: on CUDA with ``fused_block=True`` (by default too once :data:`TRITON_CONV_NEEDS_TRUE` is lifted), under
-``torch.compile`` as custom ops. The block's GELU -> GRN ->
+Two fast paths, both Triton. Without gradients, :func:`conv_norm` runs the depthwise 7x7 convolution and its
+LayerNorm as one pass (:mod:`.dwconv`) wherever :func:`use_triton_conv` says so (on CUDA, maps up to 256
+channels; under ``torch.compile`` as a custom op). The block's GELU -> GRN ->
 Linear runs as one autograd function (:mod:`.grn_mlp`) whose elementwise passes are Triton kernels
 (:mod:`.triton_ops`), GRN folded into the Linear's weight on large maps and applied in a pass on the others
 (or, with :data:`APPLIED_IN_MATMULS`, the whole MLP as two Triton matmuls, :mod:`.mlp_gemm`);
 :func:`fused_forward` is what :class:`~convnextv2_dense.models.block.Block` calls for it when :func:`use_fused`
-says so: outside ``torch.compile`` / tracing / ONNX export, in training by default (``fused_block=None``, and
-only for the shapes where it is faster), everywhere with ``fused_block=True``.
+says so: outside ``torch.compile`` / tracing / ONNX export, by default (``fused_block=None``) for the shapes
+where it measured faster, in training and in inference, everywhere with ``fused_block=True``.
 Imports torch only; Triton on the first call of a kernel.
 """
 from __future__ import annotations
@@ -64,20 +63,20 @@ def worth_fusing(x: torch.Tensor) -> bool:
     return h * w >= MIN_PIXELS_PER_CHANNEL * c and n * h * w >= MIN_BATCH_PIXELS
 
 
-# Elsewhere the fused function runs in its applied form (GRN's output written, one plain matmul): only with
-# fused_block=True until it has been timed against the plain block on a GPU (dev/check_fused.py); then the
-# default (None) takes it too, for every shape the folded form does not take.
-GRN_APPLY_NEEDS_TRUE = True
-
-
 def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     """Whether a block in ``training`` mode with ``fused_block=mode`` runs fused on input ``x``: ``True``
-    always (on CUDA), ``None`` in training where :func:`worth_fusing` (and everywhere unless
-    :data:`GRN_APPLY_NEEDS_TRUE`), ``False`` never. :func:`fused_forward` folds GRN where :func:`worth_fusing`."""
+    always (on CUDA), ``False`` never, ``None`` where it measured faster: with gradients in training where
+    :func:`worth_fusing` (GRN folded), without gradients (inference) where the batch has at least
+    :data:`MIN_BATCH_PIXELS` pixels (an H100, 2026-12-07: 1.7x at C96 128x128 x32; at 2 images or 16k pixels
+    the plain block was as fast or faster). :func:`fused_forward` picks the form (:func:`mlp_form`)."""
     if mode is False or not x.is_cuda:
         return False
-    if mode is None and GRN_APPLY_NEEDS_TRUE and not (training and torch.is_grad_enabled() and worth_fusing(x)):
-        return False
+    if mode is None:
+        n, _, h, w = x.shape
+        if torch.is_grad_enabled() and not (training and worth_fusing(x)):
+            return False
+        if not torch.is_grad_enabled() and n * h * w < MIN_BATCH_PIXELS:
+            return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if torch.onnx.is_in_onnx_export():
@@ -85,18 +84,16 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     return triton_available()
 
 
-# The Triton convolution runs only with fused_block=True until it has been timed against cuDNN on a GPU
-# (dev/check_dwconv.py); then the default (None) takes it too.
-TRITON_CONV_NEEDS_TRUE = True
-
-
 def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
-    """Whether a block with ``fused_block=mode`` runs its depthwise convolution (and, without gradients, its
-    LayerNorm) as the Triton kernels of :mod:`.dwconv` on input ``x``: on CUDA with ``mode`` True (and None
-    unless :data:`TRITON_CONV_NEEDS_TRUE`), also under ``torch.compile`` (as custom ops, torch >= 2.4), never
-    in tracing or export."""
-    enabled = mode is True or (mode is None and not TRITON_CONV_NEEDS_TRUE)
-    if not enabled or not x.is_cuda or not triton_available():
+    """Whether a block with ``fused_block=mode`` runs its depthwise convolution and LayerNorm as the one Triton
+    pass of :mod:`.dwconv` on input ``x`` when no gradient is needed: on CUDA for maps of at most
+    ``dwconv_ops.MAX_CHANNELS`` (256) channels, with ``mode`` None only where the batch has at least
+    :data:`MIN_BATCH_PIXELS` pixels (at 2 images of 128 x 128 it measured slower than cuDNN's), not with
+    ``mode`` False; under ``torch.compile`` as a custom op (torch >= 2.4), never in tracing or export."""
+    if mode is False or not x.is_cuda or not triton_available():
+        return False
+    n, c, h, w = x.shape
+    if c > dwconv_ops.MAX_CHANNELS or (mode is None and n * h * w < MIN_BATCH_PIXELS):
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
@@ -115,19 +112,16 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``block.norm(block.dwconv(x))`` as an NHWC tensor (the block's first half), by the Triton kernels where
-    :func:`use_triton_conv` says so; without gradients the two run as one pass."""
+    """``block.norm(block.dwconv(x))`` as an NHWC tensor (the block's first half): one Triton pass where no
+    gradient is needed and :func:`use_triton_conv` says so, else cuDNN's convolution and the LayerNorm."""
     conv, norm = block.dwconv, block.norm
-    if not use_triton_conv(block.fused_block, x):
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (
+        conv.weight, conv.bias, norm.weight, norm.bias) if p is not None))
+    if needs_grad or not use_triton_conv(block.fused_block, x):
         return norm(conv(x).permute(0, 2, 3, 1))
-    x = x.to(compute_dtype(x))
-    compiling = torch.compiler.is_compiling()  # the custom ops, which the compiler keeps whole
-    kernels = dwconv_ops if compiling else dwconv_kernels()
-    if torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad or norm.weight.requires_grad):
-        op = kernels.conv if compiling else kernels.depthwise7x7
-        return norm(op(x, conv.weight, conv.bias).permute(0, 2, 3, 1))
-    op = kernels.conv_norm if compiling else kernels.depthwise7x7_norm
-    return op(x, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
+    # the custom op under torch.compile, which the compiler keeps whole
+    op = dwconv_ops.conv_norm if torch.compiler.is_compiling() else dwconv_kernels().depthwise7x7_norm
+    return op(x.to(compute_dtype(x)), conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
 
 
 # Where GRN is applied (not folded), the MLP runs either as two Triton matmuls that carry GELU, the GRN statistics,
