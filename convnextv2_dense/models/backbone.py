@@ -56,10 +56,10 @@ class ConvNeXtV2(ConvNeXtV2Trunk):
             included); and GELU -> GRN -> Linear as one function with Triton kernels for GELU and the GRN
             statistics, GRN folded into the Linear's weight on large maps with many images and applied in a
             Triton pass on the others. None: each where it measured faster on an H100 (training: the GRN fold
-            on maps with at least 8 pixels per channel and 65,536 pixels in the batch; inference: both paths
-            where the batch has 65,536 pixels or more); True: in every block; False: neither (the plain
-            PyTorch block, cuDNN's convolution). The CPU, tracing and export always run the plain block.
-            Defaults to None.
+            on maps with at least 8 pixels per channel and 65,536 pixels in the batch, and every block from 32
+            images on; inference: both paths where the batch has 65,536 pixels or more); True: in every
+            block; False: neither (the plain PyTorch block, cuDNN's convolution). The CPU, tracing and export
+            always run the plain block. Defaults to None.
         compile (bool | dict): ``torch.compile`` of the forward pass, for training: it runs compiled only
             in train mode with gradients enabled, and never while the model is traced, scripted, exported
             (ONNX, ``torch.export``) or FX-traced, so test, inference, FLOPs counting and export run eager.

@@ -64,9 +64,11 @@ def worth_fusing(x: torch.Tensor) -> bool:
 
 
 # Training with at least this many images runs the fused block in every block, GRN applied where it is not
-# folded: on an H100 (2026-12-07) the whole backbone trained 4-23% faster so at 16, 32 and 128 images; at 2
-# images a block was 0.75-0.88x (the extra launches cost more than the passes saved).
-MIN_IMAGES_APPLIED = 16
+# folded. On an H100 (2026-12-07, docs/benchmarks.md) the whole backbone trained 17-19% faster so at 32 and
+# 128 images (tiny 512, base 224), twice each; at 16 (base 512) three runs disagreed (+4%, -13%, -16%
+# against the fold rule alone), and at 2 images a block was 0.75-0.88x (the extra launches cost more than
+# the passes saved).
+MIN_IMAGES_APPLIED = 32
 
 
 def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
