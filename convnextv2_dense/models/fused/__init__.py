@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ...compat import is_compiling
 from . import dwconv_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
@@ -86,7 +87,7 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
             return False
         if not torch.is_grad_enabled() and n * h * w < MIN_BATCH_PIXELS:
             return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+    if is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     if torch.onnx.is_in_onnx_export():
         return False
@@ -106,7 +107,7 @@ def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
         return False
     if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
         return False
-    if torch.compiler.is_compiling():
+    if is_compiling():
         return dwconv_ops.COMPILABLE
     return True
 
@@ -129,7 +130,7 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if needs_grad or not use_triton_conv(block.fused_block, x):
         return norm(conv(x).permute(0, 2, 3, 1))
     # the custom op under torch.compile, which the compiler keeps whole
-    op = dwconv_ops.conv_norm if torch.compiler.is_compiling() else dwconv_kernels().depthwise7x7_norm
+    op = dwconv_ops.conv_norm if is_compiling() else dwconv_kernels().depthwise7x7_norm
     return op(x.to(compute_dtype(x)), conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
 
 
