@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ...compat import is_compiling
+from ...compat import is_capturing, is_compiling
 from . import dwconv_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
@@ -58,10 +58,16 @@ MIN_PIXELS_PER_CHANNEL = 8
 MIN_BATCH_PIXELS = 65536
 
 
+def large_batch(x: torch.Tensor) -> bool:
+    """Whether an (N, C, H, W) block input has at least :data:`MIN_BATCH_PIXELS` pixels over its images."""
+    n, _, h, w = x.shape
+    return n * h * w >= MIN_BATCH_PIXELS
+
+
 def worth_fusing(x: torch.Tensor) -> bool:
     """Whether the fused path is faster for an (N, C, H, W) block input, by the rule above."""
-    n, c, h, w = x.shape
-    return h * w >= MIN_PIXELS_PER_CHANNEL * c and n * h * w >= MIN_BATCH_PIXELS
+    _, c, h, w = x.shape
+    return h * w >= MIN_PIXELS_PER_CHANNEL * c and large_batch(x)
 
 
 # Training with at least this many images runs the fused block in every block, GRN applied where it is not
@@ -82,16 +88,12 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     if mode is False or not x.is_cuda:
         return False
     if mode is None:
-        n, _, h, w = x.shape
-        if torch.is_grad_enabled() and not (training and (worth_fusing(x) or n >= MIN_IMAGES_APPLIED)):
+        if torch.is_grad_enabled():
+            if not (training and (worth_fusing(x) or x.shape[0] >= MIN_IMAGES_APPLIED)):
+                return False
+        elif not large_batch(x):
             return False
-        if not torch.is_grad_enabled() and n * h * w < MIN_BATCH_PIXELS:
-            return False
-    if is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    if torch.onnx.is_in_onnx_export():
-        return False
-    return triton_available()
+    return not is_capturing() and triton_available()
 
 
 def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
@@ -102,14 +104,11 @@ def use_triton_conv(mode: bool | None, x: torch.Tensor) -> bool:
     ``mode`` False; under ``torch.compile`` as a custom op (torch >= 2.4), never in tracing or export."""
     if mode is False or not x.is_cuda or not triton_available():
         return False
-    n, c, h, w = x.shape
-    if c > dwconv_ops.MAX_CHANNELS or (mode is None and n * h * w < MIN_BATCH_PIXELS):
-        return False
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+    if x.shape[1] > dwconv_ops.MAX_CHANNELS or (mode is None and not large_batch(x)):
         return False
     if is_compiling():
         return dwconv_ops.COMPILABLE
-    return True
+    return not is_capturing()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
