@@ -21,11 +21,14 @@ import triton
 import triton.language as tl
 
 _RSQRT2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
+# Triton reads TRITON_INTERPRET when it decorates the kernels, at this module's import; so does this flag
+_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @triton.jit
 def _gelu(x, dtype: tl.constexpr):
-    """Exact (erf) GELU of fp32 ``x``, rounded to ``dtype`` as the plain block stores it, back in fp32."""
+    """Exact (erf) GELU of fp32 ``x``, rounded to ``dtype`` as the plain block stores it, back in fp32 (the
+    forward passes of :mod:`.triton_ops` use it too)."""
     return (0.5 * x * (1.0 + tl.math.erf(x * _RSQRT2))).to(dtype).to(tl.float32)
 
 
@@ -99,7 +102,7 @@ def _grn_linear_kernel(h_ptr, s_ptr, beta_ptr, wt_ptr, b_ptr, res_ptr, out_ptr, 
 def _fp32_dot(dtype: torch.dtype) -> bool:
     """Whether the matmuls multiply in full fp32: for fp32 maps (as cuBLAS does without TF32), and for bf16 in
     Triton's interpreter, whose bf16 ``tl.dot`` is wrong (Triton 3.9; fp32 products of bf16 values are exact)."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and os.environ.get('TRITON_INTERPRET') == '1')
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _INTERPRETED)
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:

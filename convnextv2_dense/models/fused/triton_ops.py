@@ -15,10 +15,10 @@ import triton
 import triton.language as tl
 
 from . import mlp_gemm
+from .mlp_gemm import _RSQRT2, _gelu
 
 BLOCK_L = 64
 BLOCK_K = 64
-_RSQRT2 = tl.constexpr(0.7071067811865476)  # 1 / sqrt(2)
 _RSQRT2PI = tl.constexpr(0.3989422804014327)  # 1 / sqrt(2 pi)
 
 
@@ -39,11 +39,10 @@ def _gelu_sumsq_kernel(h_ptr, a_ptr, part_ptr, L, K, num_lb,
                        STORE_A: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr):
     n, lb, cols, mask, offs = _tile(L, K, BLOCK_L, BLOCK_K)
     x = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    a = (0.5 * x * (1.0 + tl.math.erf(x * _RSQRT2))).to(h_ptr.dtype.element_ty)
+    a = _gelu(x, h_ptr.dtype.element_ty)
     if STORE_A:
-        tl.store(a_ptr + offs, a, mask=mask)
-    af = a.to(tl.float32)
-    part = tl.sum(af * af, axis=0)
+        tl.store(a_ptr + offs, a.to(h_ptr.dtype.element_ty), mask=mask)
+    part = tl.sum(a * a, axis=0)
     tl.store(part_ptr + (n.to(tl.int64) * num_lb + lb) * K + cols, part, mask=cols < K)
 
 
@@ -51,7 +50,7 @@ def _gelu_sumsq_kernel(h_ptr, a_ptr, part_ptr, L, K, num_lb,
 def _gelu_grn_kernel(h_ptr, s_ptr, beta_ptr, g_ptr, L, K, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr):
     n, lb, cols, mask, offs = _tile(L, K, BLOCK_L, BLOCK_K)
     x = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    a = (0.5 * x * (1.0 + tl.math.erf(x * _RSQRT2))).to(h_ptr.dtype.element_ty).to(tl.float32)
+    a = _gelu(x, h_ptr.dtype.element_ty)
     s = tl.load(s_ptr + n * K + cols, mask=cols < K, other=0.0)
     beta = tl.load(beta_ptr + cols, mask=cols < K, other=0.0)
     tl.store(g_ptr + offs, (a * s[None, :] + beta[None, :]).to(g_ptr.dtype.element_ty), mask=mask)
@@ -63,7 +62,7 @@ def _grn_grad_sums_kernel(h_ptr, dg_ptr, ds_ptr, db_ptr, L, K, num_lb,
     n, lb, cols, mask, offs = _tile(L, K, BLOCK_L, BLOCK_K)
     x = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     dg = tl.load(dg_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    a = (0.5 * x * (1.0 + tl.math.erf(x * _RSQRT2))).to(h_ptr.dtype.element_ty).to(tl.float32)
+    a = _gelu(x, h_ptr.dtype.element_ty)
     part = (n.to(tl.int64) * num_lb + lb) * K + cols
     tl.store(ds_ptr + part, tl.sum(dg * a, axis=0), mask=cols < K)
     tl.store(db_ptr + part, tl.sum(dg, axis=0), mask=cols < K)
