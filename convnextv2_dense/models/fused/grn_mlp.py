@@ -29,6 +29,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _grn_affine(a: torch.Tensor, s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """GRN's per-(image, channel) affine ``a * s + beta`` on (N, L, K) ``a``, in fp32, rounded to ``a``'s dtype."""
+    return (a.float() * s[:, None, :] + beta.float()).to(a.dtype)
+
+
 class TorchOps:
     """The two elementwise passes in plain PyTorch: the reference the kernels are tested against."""
 
@@ -58,7 +63,7 @@ class TorchOps:
     @staticmethod
     def gelu_grn(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         """``g = gelu(h) * s + beta`` in ``h``'s dtype; ``s`` is (N, K) fp32, ``beta`` (K,)."""
-        return (F.gelu(h).float() * s[:, None, :] + beta.float()).to(h.dtype)
+        return _grn_affine(F.gelu(h), s, beta)
 
     @staticmethod
     def grn_grad_sums(h: torch.Tensor, dg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,8 +90,8 @@ class TorchOps:
                    residual: torch.Tensor | None = None, gelu: bool = True) -> torch.Tensor:
         """``(gelu(h) * s + beta) @ weight.T + bias`` (``h`` is ``gelu(h)`` already without ``gelu``), plus
         ``residual`` (N, L, C) if given; ``weight`` (C, K) in ``h``'s dtype, ``bias`` (C,) and ``beta`` (K,) fp32."""
-        a = F.gelu(h) if gelu else h
-        out = F.linear((a.float() * s[:, None, :] + beta.float()).to(h.dtype), weight, bias.to(h.dtype))
+        g = TorchOps.gelu_grn(h, s, beta) if gelu else _grn_affine(h, s, beta)
+        out = F.linear(g, weight, bias.to(h.dtype))
         return out if residual is None else residual + out
 
 
@@ -99,6 +104,21 @@ def _grn_backward(ds: torch.Tensor, gx: torch.Tensor, denom: torch.Tensor, nx: t
     dgx = dnx / denom - (dnx * gx).sum(dim=1, keepdim=True) / (denom * denom * gx.shape[1])
     r = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
     return dgamma, r
+
+
+def _applied_backward(ops: type, dout: torch.Tensor, h: torch.Tensor, g: torch.Tensor, weight_h: torch.Tensor,
+                      gx: torch.Tensor, denom: torch.Tensor, nx: torch.Tensor, s: torch.Tensor,
+                      gamma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The applied form's backward, ``out = g @ weight.T + bias`` with ``g = gelu(h) * s + beta``, from the
+    output gradient ``dout`` (N, L, C): ``dh`` and the gradients of gamma, beta, the weight and the bias."""
+    n, length, k = h.shape
+    dbias = dout.float().sum(dim=(0, 1))
+    dout = dout.to(h.dtype).reshape(n * length, -1)
+    dweight = dout.t() @ g.reshape(n * length, k)
+    dg = (dout @ weight_h).view(n, length, k)
+    ds, dbeta = ops.grn_grad_sums(h, dg)
+    dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
+    return ops.gelu_grn_grad(h, dg, s, r), dgamma, dbeta.sum(dim=0), dweight, dbias
 
 
 def _grn_scale(sumsq: torch.Tensor, gamma: torch.Tensor, eps: float):
@@ -162,17 +182,9 @@ class GeluGrnThenLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         h, g, gx, denom, nx, s, gamma, weight_h = ctx.saved_tensors
-        n, length, k = h.shape
         with torch.autocast(h.device.type, enabled=False):
-            dout = dout.to(h.dtype).reshape(n * length, -1)
-            dweight = dout.t() @ g.reshape(n * length, k)
-            dsum = dout.float().sum(dim=0)
-            dg = (dout @ weight_h).view(n, length, k)
-            ds, dbeta = ctx.ops.grn_grad_sums(h, dg)
-            dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
-            dh = ctx.ops.gelu_grn_grad(h, dg, s, r)
-        gdt, bdt, wdt, bidt = ctx.param_dtypes
-        return dh, dgamma.to(gdt), dbeta.sum(dim=0).to(bdt), dweight.to(wdt), dsum.to(bidt), None, None
+            dh, *grads = _applied_backward(ctx.ops, dout, h, g, weight_h, gx, denom, nx, s, gamma)
+        return (dh, *(grad.to(dtype) for grad, dtype in zip(grads, ctx.param_dtypes)), None, None)
 
 
 class GeluGrnMlp(torch.autograd.Function):
@@ -205,17 +217,14 @@ class GeluGrnMlp(torch.autograd.Function):
         n, length, k = h.shape
         ops = ctx.ops
         with torch.autocast(h.device.type, enabled=False):
-            dbias2 = dout.float().sum(dim=(0, 1))
-            dout_h = dout.to(h.dtype).reshape(n * length, -1)
-            dweight2 = dout_h.t() @ ops.gelu_grn(h, s, beta.float()).reshape(n * length, k)
-            dg = (dout_h @ weight2_h).view(n, length, k)
-            ds, dbeta = ops.grn_grad_sums(h, dg)
-            dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
-            dh = ops.gelu_grn_grad(h, dg, s, r).reshape(n * length, k)
+            g = ops.gelu_grn(h, s, beta.float())  # recomputed: the forward never wrote it
+            dh, dgamma, dbeta, dweight2, dbias2 = _applied_backward(ops, dout, h, g, weight2_h, gx, denom, nx, s,
+                                                                    gamma)
+            dh = dh.reshape(n * length, k)
             dweight1 = dh.t() @ y.reshape(n * length, -1)
             dbias1 = dh.float().sum(dim=0)
             dy = (dh @ weight1_h).view(y.shape)
-        grads = (dweight1, dbias1, dgamma, dbeta.sum(dim=0), dweight2, dbias2)
+        grads = (dweight1, dbias1, dgamma, dbeta, dweight2, dbias2)
         return (dy, *(g.to(dt) for g, dt in zip(grads, ctx.param_dtypes)), dout if ctx.has_residual else None,
                 None, None)
 
