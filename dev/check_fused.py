@@ -7,11 +7,10 @@ and every parameter gradient (the worst one is shown). The plain block in bf16/f
 fused one: both should land near 1e-3 and under the 1e-2 target. The fused block runs the depthwise
 convolution as Triton kernels and each MLP form in turn (GRN folded into the second Linear, applied by
 Triton passes between cuBLAS's matmuls, applied in the two Triton matmuls). Then the kernels alone against
-their torch reference, and
-block times (CUDA events, median of 20 after 5 warm-ups): plain, and each MLP form forced (GRN folded,
-applied by passes, applied in the two Triton matmuls: ``fused.mlp_form``), training (fwd+bwd) and
-inference (no grad, the Triton convolution and LayerNorm where they run; one column with cuDNN's), on every
-shape: the table that decides the rules. Rows print as they are measured; ``--json-out`` is rewritten after every shape.
+their torch reference, and block times (CUDA events, median of 20 after 5 warm-ups): plain, and each MLP
+form forced (``fused.mlp_form``), training (fwd+bwd) and inference (no grad, the Triton convolution and
+LayerNorm where they run; one column with cuDNN's), on every shape: the table that decides the rules. Rows
+print as they are measured; ``--json-out`` is rewritten after every shape.
 
     python dev/check_fused.py [--json-out FILE]
 """
