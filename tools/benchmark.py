@@ -7,7 +7,7 @@ Usage::
         [--impl ours ours-plain ours-fused ours-matmuls ours-compile ours-fused-compile hf timm timm-compile]
         [--arch tiny base]
         [--input 512 224] [--batch N] [--mode train infer] [--dtype bf16|fp16|fp32] [--no-channels-last]
-        [--warmup 10] [--compile-warmup 20] [--iters 30] [--device cpu] [--json-out FILE]
+        [--warmup 10] [--compile-warmup 20] [--iters 30] [--profile 3] [--device cpu] [--json-out FILE]
 
     # one full training iteration of an mm config, our backbone and HF's in the same process; --profile N
     # adds where N steps spend their time (GPU busy vs wall, launches, top kernels, top host ops)
@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     backbone.add_argument('--compile-mode', help='torch.compile mode, e.g. max-autotune (default: its default)')
     backbone.add_argument('--iters', type=int, default=30)
     backbone.add_argument('--no-parity', action='store_true', help='skip the parity check against HF')
+    backbone.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                          help='after the timings, profile STEPS steps of every row with torch.profiler '
+                               '(default: 0, no profile)')
     full = commands.add_parser('full', help='one training iteration of an mmseg/mmdet config')
     full.add_argument('--config', required=True, help='mmseg or mmdet config file')
     full.add_argument('--backbone-impl', nargs='+', choices=FULL_IMPLS, default=['ours'],
@@ -88,7 +91,7 @@ def run_backbone(args: argparse.Namespace) -> dict:
         impls=tuple(impls), archs=tuple(args.arch), inputs=tuple(args.input), modes=tuple(args.mode),
         batch=args.batch, dtype=args.dtype, channels_last=args.channels_last, warmup=args.warmup,
         compile_warmup=args.compile_warmup, iters=args.iters, compile_mode=args.compile_mode,
-        cudnn_benchmark=args.cudnn_benchmark, parity=not args.no_parity, device=str(device))
+        cudnn_benchmark=args.cudnn_benchmark, parity=not args.no_parity, profile=args.profile, device=str(device))
     return backbone_benchmark(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from ..models import ARCHS, ConvNeXtV2, resolve_arch
 from ..models.stage_selection import INDEXED_STAGES
 from .impls import IMPLS, HFBackbone, build_backbone, installed
+from .profiling import format_profile, profile_step
 from .timing import (Row, environment, fmt_gib, fmt_num, format_header, free_memory, measure, record, resolve_device,
                      status_of)
 
@@ -58,6 +59,8 @@ class BackboneSettings:
         compile_mode (str, optional): ``torch.compile`` mode. Defaults to None (its default).
         cudnn_benchmark (bool): ``torch.backends.cudnn.benchmark``. Defaults to True.
         parity (bool): Check ours against HF (fp32, random weights) first. Defaults to True.
+        profile (int): After every row is timed, profile this many steps of each under ``torch.profiler``
+            (GPU busy time against wall, top kernels and host ops); 0: no profile. Defaults to 0.
         device (str, optional): Defaults to None: 'cuda' if available, else 'cpu'.
     """
 
@@ -74,6 +77,7 @@ class BackboneSettings:
     compile_mode: str | None = None
     cudnn_benchmark: bool = True
     parity: bool = True
+    profile: int = 0
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +90,8 @@ class BackboneSettings:
                              f'{self.inputs}, {self.iters}, {self.warmup}, {self.compile_warmup}')
         if self.batch is not None and self.batch < 1:
             raise ValueError(f'batch must be positive, got {self.batch}')
+        if self.profile < 0:
+            raise ValueError(f'profile must be >= 0, got {self.profile}')
 
 
 # ---------------------------------------------------------------------------------------- backbone mode
@@ -151,17 +157,29 @@ def _backbone_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: torch.dt
     return train if mode == 'train' else infer
 
 
-def _measure_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -> None:
+def _row_step(row: Row, s: BackboneSettings, device: torch.device) -> Callable[[], None]:
+    """A fresh model of ``row`` (seeded, compiled for a ``-compile`` row) and its step on random input."""
     torch.manual_seed(0)
     fmt = torch.channels_last if s.channels_last else torch.contiguous_format
     model = build_backbone(row.impl, row.arch).to(device, memory_format=fmt).train(row.mode == 'train')
-    compiled = row.impl.endswith('-compile')
-    if compiled:
+    if row.impl.endswith('-compile'):
         torch._dynamo.reset()  # fresh graphs: no recompiles, no dynamic shapes from an earlier row
         model = torch.compile(model, mode=s.compile_mode, dynamic=False)
     x = torch.randn(row.batch, 3, row.input, row.input, device=device).contiguous(memory_format=fmt)
-    step = _backbone_step(model, x, row.mode, DTYPES[s.dtype])
-    record(row, measure(step, s.compile_warmup if compiled else s.warmup, s.iters, device))
+    return _backbone_step(model, x, row.mode, DTYPES[s.dtype])
+
+
+def _measure_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -> None:
+    warmup = s.compile_warmup if row.impl.endswith('-compile') else s.warmup
+    record(row, measure(_row_step(row, s, device), warmup, s.iters, device))
+
+
+def _profile_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -> None:
+    """``row.extra['profile']``: :data:`BackboneSettings.profile` steps of a fresh model of ``row`` under
+    ``torch.profiler``, after its warm-up (so a compiled row profiles its compiled graphs, not the compiler)."""
+    step = _row_step(row, s, device)
+    warmup = s.compile_warmup if row.impl.endswith('-compile') else s.warmup
+    row.extra['profile'] = profile_step(step, s.profile, device, warmup=warmup)
 
 
 def backbone_benchmark(s: BackboneSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -197,6 +215,15 @@ def backbone_benchmark(s: BackboneSettings, log: Callable[[str], None] = print) 
                     log(f'{impl:>12} {arch} {size} b{row.batch} {mode}: '
                         + (f'{row.img_per_s:.1f} img/s' if row.status == 'ok' else row.status))
                     rows.append(row)
+    # Profiles after every timing: once the profiler has run, kernel launches in the process stay slower.
+    for row in rows if s.profile else ():
+        if row.status == 'ok':
+            try:
+                _profile_backbone_row(row, s, device)
+            except Exception as err:  # the timing stands without its profile
+                row.extra['profile_status'] = status_of(err)
+            free_memory(device)
+            log(f'profiled {row.impl} {row.arch} {row.input} {row.mode}')
     return dict(kind='backbone', env=environment(device), settings=asdict(s), parity=parity,
                 rows=[asdict(row) for row in rows])
 
@@ -222,6 +249,12 @@ def format_backbone_report(report: dict[str, Any]) -> str:
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_num(r["ms_per_iter"], ".2f")} | '
                      f'{fmt_num(r["ms_median"], ".2f")} | {fmt_gib(r["peak_mem_bytes"])} | '
                      f'{fmt_num(r["first_iter_s"], ".1f")} | {r["status"]} |')
+    for r in report['rows']:
+        title = f'{r["impl"]} {r["arch"]} {r["input"]} x{r["batch"]} {r["mode"]}'
+        if 'profile' in r['extra']:
+            lines += ['', *format_profile(title, r['extra']['profile'])]
+        elif 'profile_status' in r['extra']:
+            lines += ['', f'profile of {title}: {r["extra"]["profile_status"]}']
     return '\n'.join(lines)
 
 

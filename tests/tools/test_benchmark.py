@@ -29,6 +29,28 @@ def test_backbone_table_on_cpu(tmp_path, capsys, load_tool):
     assert all(row['status'] == 'ok' and row['ms_per_iter'] > 0 for row in report['rows'])
 
 
+def test_backbone_profile_comes_after_the_table_on_cpu(tmp_path, capsys, load_tool):
+    json_out = tmp_path / 'bench.json'
+    argv = ['backbone', '--device', 'cpu', '--impl', 'ours', '--arch', 'atto', '--input', '64', '--batch', '1',
+            '--mode', 'train', '--dtype', 'fp32', '--warmup', '1', '--iters', '1', '--profile', '2', '--no-parity',
+            '--json-out', str(json_out)]
+    assert load_tool('benchmark').main(argv) == 0
+    table = capsys.readouterr().out
+    assert table.index('| ours | atto | 64 | 1 | train |') < table.index('profile of ours atto 64 x1 train: 2 steps')
+    assert '| host op (self time) | ms/step | calls/step |' in table
+    profile = json.loads(json_out.read_text())['rows'][0]['extra']['profile']
+    assert profile['iters'] == 2 and profile['gpu_busy_ms'] is None
+    # a training step of the backbone runs its convolutions forward and backward
+    ops = {name for name, _, _ in profile['top_host_ops']}
+    assert ops & {'aten::convolution_backward', 'aten::mkldnn_convolution', 'aten::addmm', 'aten::mm'}, ops
+
+
+def test_backbone_profile_must_not_be_negative():
+    from convnextv2_dense.bench.backbone import BackboneSettings
+    with pytest.raises(ValueError, match='profile must be >= 0'):
+        BackboneSettings(profile=-1)
+
+
 def test_hf_adapter_hands_over_maps_in_the_input_layout():
     import torch
 
