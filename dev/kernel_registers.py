@@ -40,10 +40,11 @@ TYPES = dict(x_ptr='*bf16', w_ptr='*fp32', b_ptr='*fp32', y_ptr='*bf16', nw_ptr=
              out_ptr='*bf16')
 
 
-def usage(kernel, constexprs: dict, num_warps: int, folder: str) -> tuple[int, int]:
+def usage(kernel, constexprs: dict, num_warps: int, folder: str, num_stages: int = 3) -> tuple[int, int]:
     """(registers, stack bytes per thread) of ``kernel`` compiled for sm_90 with bf16 maps."""
     signature = {name: 'constexpr' if name in constexprs else TYPES[name] for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=H100, options=dict(num_warps=num_warps))
+    compiled = triton.compile(ASTSource(kernel, signature, constexprs), target=H100,
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
     path = os.path.join(folder, kernel.__name__ + '.cubin')
     with open(path, 'wb') as f:
         f.write(compiled.asm['cubin'])
@@ -52,29 +53,32 @@ def usage(kernel, constexprs: dict, num_warps: int, folder: str) -> tuple[int, i
 
 
 def shipped_variants():
-    """(name, kernel, constexprs, num_warps) for every configuration the launchers use."""
+    """(name, kernel, constexprs, num_warps, num_stages) for every configuration the launchers use."""
     # the depthwise convolution with its LayerNorm at each width it takes, maps 128 and 7 pixels wide
     convs = {dwconv.conv_config(w, c) for c in (40, 80, 96, 128, 160, 192, 256) for w in (128, 7)}
     for block_w, block_c, warps in sorted(convs):
         yield (f'dwconv+norm {block_w}x{block_c}', dwconv._dwconv_norm_kernel,
-               dict(HAS_BIAS=True, BLOCK_W=block_w, BLOCK_C=block_c), warps)
+               dict(HAS_BIAS=True, BLOCK_W=block_w, BLOCK_C=block_c), warps, 3)
     blocks = dict(BLOCK_L=triton_ops.BLOCK_L, BLOCK_K=triton_ops.BLOCK_K)
-    yield 'gelu_sumsq', triton_ops._gelu_sumsq_kernel, dict(STORE_A=True, **blocks), 4
-    yield 'sumsq_of_gelu', triton_ops._gelu_sumsq_kernel, dict(STORE_A=False, **blocks), 4
-    yield 'gelu_grn', triton_ops._gelu_grn_kernel, blocks, 4
-    yield 'grn_grad_sums', triton_ops._grn_grad_sums_kernel, blocks, 4
-    yield 'gelu_grad', triton_ops._gelu_grad_kernel, dict(HAS_SCALE=False, **blocks), 4
-    yield 'gelu_grn_grad', triton_ops._gelu_grad_kernel, dict(HAS_SCALE=True, **blocks), 4
-    # the MLP's two matmuls at every stage width (atto to huge), on maps of 128 x 128, 7 x 7 and 4 x 4 pixels
+    yield 'gelu_sumsq', triton_ops._gelu_sumsq_kernel, dict(STORE_A=True, **blocks), 4, 3
+    yield 'sumsq_of_gelu', triton_ops._gelu_sumsq_kernel, dict(STORE_A=False, **blocks), 4, 3
+    yield 'gelu_grn', triton_ops._gelu_grn_kernel, blocks, 4, 3
+    yield 'grn_grad_sums', triton_ops._grn_grad_sums_kernel, blocks, 4, 3
+    yield 'gelu_grad', triton_ops._gelu_grad_kernel, dict(HAS_SCALE=False, **blocks), 4, 3
+    yield 'gelu_grn_grad', triton_ops._gelu_grad_kernel, dict(HAS_SCALE=True, **blocks), 4, 3
+    # the MLP's two matmuls: every tile the launchers may time (mlp_gemm.candidate_tiles) at every stage width
+    # (atto to huge) on maps of 128 x 128, 7 x 7 and 4 x 4 pixels
     shapes = [(rows, c) for c in (40, 96, 128, 192, 256, 384, 512, 768, 1024) for rows in (128 * 128, 49, 16)]
-    for bl, bk, bc, warps in sorted({mlp_gemm.gemm_config(rows, 4 * c, c) for rows, c in shapes}):
+    for bl, bk, bc, warps, stages in sorted({t for rows, c in shapes for t in mlp_gemm.candidate_tiles(rows, 4 * c, c)}):
         for store_gelu in (False, True):  # training keeps h, inference gelu(h)
-            yield (f'linear_gelu_sumsq {bl}x{bk}x{bc}{" store gelu" * store_gelu}', mlp_gemm._linear_gelu_sumsq_kernel,
-                   dict(STORE_GELU=store_gelu, FP32=False, BLOCK_L=bl, BLOCK_K=bk, BLOCK_C=bc), warps)
-    for bl, bc, bk, warps in sorted({mlp_gemm.gemm_config(rows, c, 4 * c) for rows, c in shapes}):
+            yield (f'linear_gelu_sumsq {bl}x{bk}x{bc}{" store gelu" * store_gelu}{f" stages {stages}" * (stages != 3)}',
+                   mlp_gemm._linear_gelu_sumsq_kernel,
+                   dict(STORE_GELU=store_gelu, FP32=False, BLOCK_L=bl, BLOCK_K=bk, BLOCK_C=bc), warps, stages)
+    for bl, bc, bk, warps, stages in sorted({t for rows, c in shapes for t in mlp_gemm.candidate_tiles(rows, c, 4 * c)}):
         for gelu in (True, False):
-            yield (f'grn_linear {bl}x{bc}x{bk} residual{" gelu" * gelu}', mlp_gemm._grn_linear_kernel,
-                   dict(GELU=gelu, HAS_RES=True, FP32=False, BLOCK_L=bl, BLOCK_C=bc, BLOCK_K=bk), warps)
+            yield (f'grn_linear {bl}x{bc}x{bk} residual{" gelu" * gelu}{f" stages {stages}" * (stages != 3)}',
+                   mlp_gemm._grn_linear_kernel,
+                   dict(GELU=gelu, HAS_RES=True, FP32=False, BLOCK_L=bl, BLOCK_C=bc, BLOCK_K=bk), warps, stages)
 
 
 def main() -> int:
@@ -83,8 +87,8 @@ def main() -> int:
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
-        for name, kernel, constexprs, warps in shipped_variants():
-            rows[name] = usage(kernel, constexprs, warps, folder)
+        for name, kernel, constexprs, warps, stages in shipped_variants():
+            rows[name] = usage(kernel, constexprs, warps, folder, stages)
             if not args.json:
                 print(f'{name:40s} warps {warps}  registers {rows[name][0]:3d}  stack {rows[name][1]:5d} B', flush=True)
     if args.json:

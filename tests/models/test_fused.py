@@ -174,6 +174,46 @@ def test_matmul_kernels_equal_their_torch_reference(dtype):
     assert rel(ops.grn_linear(a1, s, beta, w2, b2, gelu=False), TorchOps.grn_linear(h0, s, beta, w2, b2)) < tol
 
 
+@NO_TRITON_ON_CPU
+def test_matmuls_time_their_tiles_once_per_shape_and_run_the_fastest(monkeypatch):
+    """On a GPU each matmul times its candidate tiles on a shape's first call (here a fake clock that finds
+    the second tile faster), remembers the winner, and runs it: the interpreter checks that tile's result."""
+    import sys
+    import triton.testing
+    ops = interpreted_triton_ops()
+    mlp_gemm = sys.modules['convnextv2_dense.models.fused.mlp_gemm']
+    tiles = [(16, 32, 16, 4, 3), (64, 64, 32, 4, 3)]
+    clock = iter([2.0, 1.0, 2.0, 1.0])
+    timed = []
+
+    def fake_bench(fn, warmup, rep):
+        fn()
+        timed.append(fn)
+        return next(clock)
+    monkeypatch.setattr(mlp_gemm, '_INTERPRETED', False)  # as on a GPU; fp32 keeps the interpreter's dot exact
+    monkeypatch.setattr(mlp_gemm, '_tuned', {})
+    monkeypatch.setattr(mlp_gemm, 'candidate_tiles', lambda *shape: tiles)
+    monkeypatch.setattr(triton.testing, 'do_bench', fake_bench)
+    torch.manual_seed(5)
+    y, w1, b1 = torch.randn(3, 70, 24), torch.randn(96, 24) * 0.2, torch.randn(96)
+    s, beta, w2, b2 = torch.rand(3, 96) + 0.5, torch.randn(96), torch.randn(24, 96) * 0.1, torch.randn(24)
+    for _ in range(2):  # the second call finds both tiles remembered
+        h1, sumsq1 = ops.linear_gelu_sumsq(y, w1, b1)
+        out1 = ops.grn_linear(h1, s, beta, w2, b2)
+    assert len(timed) == 4 and sorted(set(mlp_gemm._tuned.values())) == [tiles[1]]
+    h0, sumsq0 = TorchOps.linear_gelu_sumsq(y, w1, b1)
+    assert rel(h1, h0) < 1e-5 and rel(sumsq1, sumsq0) < 1e-5
+    assert rel(out1, TorchOps.grn_linear(h0, s, beta, w2, b2)) < 1e-5
+
+
+def test_tiles_are_clipped_to_the_shape_and_start_with_the_fixed_one():
+    from convnextv2_dense.models.fused import mlp_gemm
+    tiles = mlp_gemm.candidate_tiles(49, 384, 96)  # a 7 x 7 map of a 96-wide stage: 64-row tiles at most
+    assert tiles[0] == (*mlp_gemm.gemm_config(49, 384, 96), 3) and len(set(tiles)) == len(tiles)
+    assert all(bl <= 64 and bo <= 512 and br <= 128 for bl, bo, br, _, _ in tiles)
+    assert (64, 128, 64, 8, 3) in tiles
+
+
 def test_mlp_rejects_bad_shapes():
     block = random_block(8)
     params = (block.pwconv1.weight, block.pwconv1.bias, block.grn.gamma, block.grn.beta, block.pwconv2.weight,

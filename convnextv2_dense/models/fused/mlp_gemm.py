@@ -111,12 +111,48 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 
 def gemm_config(rows: int, out_width: int, reduce_width: int) -> tuple[int, int, int, int]:
     """``(BLOCK_L, BLOCK_OUT, BLOCK_REDUCE, num_warps)`` of the two matmuls for ``rows`` pixels per image,
-    ``out_width`` output channels and ``reduce_width`` input channels. None of these spills on an H100
-    (``dev/kernel_registers.py``); a reduction block of 64 or a 128 x 128 tile on 4 warps does."""
+    ``out_width`` output channels and ``reduce_width`` input channels: the fixed tile (the interpreter's, and
+    the GPU's with :data:`TUNE` off). None of these spills on an H100 (``dev/kernel_registers.py``); a
+    reduction block of 64 or a 128 x 128 tile on 4 warps does."""
     block_l = _pow2(rows, 16, 128)
     block_out = _pow2(out_width, 16, 128)
     block_reduce = _pow2(reduce_width, 16, 32)
     return block_l, block_out, block_reduce, 8 if block_l * block_out >= 64 * 128 else 4
+
+
+# The tiles a GPU times on a shape's first call, ``(BLOCK_L, BLOCK_OUT, BLOCK_REDUCE, num_warps, num_stages)``,
+# each clipped to the shape; none spills on an H100 (dev/kernel_registers.py checks them all).
+TILES = ((128, 128, 32, 8, 3), (128, 64, 32, 8, 3), (64, 128, 64, 8, 3), (64, 128, 64, 8, 4), (64, 256, 32, 8, 3),
+         (64, 64, 64, 8, 3))
+TUNE = True  # time TILES per shape on a GPU (off: gemm_config's tile everywhere)
+_tuned: dict[tuple, tuple[int, int, int, int, int]] = {}
+
+
+def candidate_tiles(rows: int, out_width: int, reduce_width: int) -> list[tuple[int, int, int, int, int]]:
+    """:data:`TILES` clipped to a shape (no block wider than the next power of two of its extent, 16 at least),
+    without repeats, :func:`gemm_config`'s tile (three stages) first."""
+    tiles = [(*gemm_config(rows, out_width, reduce_width), 3)]
+    for bl, bo, br, warps, stages in TILES:
+        tile = (min(bl, _pow2(rows, 16, bl)), min(bo, _pow2(out_width, 16, bo)),
+                min(br, _pow2(reduce_width, 16, br)), warps, stages)
+        if tile not in tiles:
+            tiles.append(tile)
+    return tiles
+
+
+def _tile(kernel: str, rows: int, out_width: int, reduce_width: int, dtype: torch.dtype, flags: tuple,
+          launch) -> tuple[int, int, int, int, int]:
+    """The tile of ``kernel`` for a shape: the fastest of :func:`candidate_tiles` by ``launch(tile)``, timed once
+    per (shape, dtype, flags) and remembered; :func:`gemm_config`'s in the interpreter or with :data:`TUNE` off."""
+    key = (kernel, rows, out_width, reduce_width, dtype, flags)
+    if key not in _tuned:
+        tiles = candidate_tiles(rows, out_width, reduce_width)
+        if _INTERPRETED or not TUNE or len(tiles) == 1:
+            _tuned[key] = tiles[0]
+        else:
+            from triton.testing import do_bench
+            _tuned[key] = min(tiles, key=lambda tile: do_bench(lambda: launch(tile), warmup=5, rep=20))
+    return _tuned[key]
 
 
 def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -131,13 +167,18 @@ def linear_gelu_sumsq(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     n, length, c = y.shape
     k = weight.shape[0]
-    block_l, block_k, block_c, warps = gemm_config(length, k, c)
-    grid = (triton.cdiv(k, block_k), triton.cdiv(length, block_l), n)
     h = torch.empty((n, length, k), device=y.device, dtype=y.dtype)
-    part = torch.empty((n, grid[1], k), device=y.device, dtype=torch.float32)
-    _linear_gelu_sumsq_kernel[grid](y, weight, bias, h, part, length, c, k, grid[1], STORE_GELU=store_gelu,
-                                    FP32=_fp32_dot(y.dtype),
-                                    BLOCK_L=block_l, BLOCK_K=block_k, BLOCK_C=block_c, num_warps=warps)
+    fp32 = _fp32_dot(y.dtype)
+
+    def launch(tile):
+        block_l, block_k, block_c, warps, stages = tile
+        grid = (triton.cdiv(k, block_k), triton.cdiv(length, block_l), n)
+        part = torch.empty((n, grid[1], k), device=y.device, dtype=torch.float32)
+        _linear_gelu_sumsq_kernel[grid](y, weight, bias, h, part, length, c, k, grid[1], STORE_GELU=store_gelu,
+                                        FP32=fp32, BLOCK_L=block_l, BLOCK_K=block_k, BLOCK_C=block_c,
+                                        num_warps=warps, num_stages=stages)
+        return part
+    part = launch(_tile('linear_gelu_sumsq', length, k, c, y.dtype, (store_gelu,), launch))
     return h, part.sum(dim=1)
 
 
@@ -156,11 +197,15 @@ def grn_linear(h: torch.Tensor, s: torch.Tensor, beta: torch.Tensor, weight: tor
     """
     n, length, k = h.shape
     c = weight.shape[0]
-    block_l, block_c, block_k, warps = gemm_config(length, c, k)
-    grid = (triton.cdiv(c, block_c), triton.cdiv(length, block_l), n)
     dtype = h.dtype if residual is None else torch.promote_types(h.dtype, residual.dtype)
     out = torch.empty((n, length, c), device=h.device, dtype=dtype)
-    _grn_linear_kernel[grid](h, s, beta, weight, bias, out if residual is None else residual, out, length, k, c,
-                             GELU=gelu, HAS_RES=residual is not None, FP32=_fp32_dot(h.dtype), BLOCK_L=block_l,
-                             BLOCK_C=block_c, BLOCK_K=block_k, num_warps=warps)
+    fp32 = _fp32_dot(h.dtype)
+
+    def launch(tile):
+        block_l, block_c, block_k, warps, stages = tile
+        grid = (triton.cdiv(c, block_c), triton.cdiv(length, block_l), n)
+        _grn_linear_kernel[grid](h, s, beta, weight, bias, out if residual is None else residual, out, length, k,
+                                 c, GELU=gelu, HAS_RES=residual is not None, FP32=fp32, BLOCK_L=block_l,
+                                 BLOCK_C=block_c, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
+    launch(_tile('grn_linear', length, c, k, h.dtype, (gelu, residual is not None, dtype), launch))
     return out
