@@ -197,6 +197,7 @@ def main() -> int:
           'LayerNorm (maps up to 256 channels) but in "cuDNN conv" (the form fused.mlp_form picks)\n\n'
           '| block (bf16 autocast) | form | train: plain | folded | x | applied | x | matmuls | x | infer: plain '
           '| cuDNN conv | x | folded | x | applied | x | matmuls | x |\n|' + '---|' * 18, flush=True)
+    from convnextv2_dense.models.fused import mlp_gemm  # imported by the timings, after --cpu-smoke's interpreter flag
     for shape in SHAPES:
         r = timing(*shape)
         report['timing'].append(r)
@@ -205,7 +206,10 @@ def main() -> int:
                            for col in ('cudnn', 'folded', 'applied', 'matmuls'))
         print(f'| {r["shape"]} | {r["form"]} | {r["plain_ms"]:.3f} | {train} | {r["infer_plain_ms"]:.3f} | {infer} |',
               flush=True)
+        report['tiles'] = [[*key[:4], str(key[4]), [str(f) for f in key[5]], list(tile)] for key, tile in mlp_gemm._tuned.items()]
         save()
+    print('\nmatmul tiles chosen (kernel, rows, out, reduce, dtype, flags -> BLOCK_L, BLOCK_OUT, BLOCK_REDUCE, warps, '
+          'stages):', *(' '.join(map(str, t)) for t in report.get('tiles', ())), sep='\n')
     worst = max(max(r['out'], r['dx'], r['dparams']) for r in report['numerics'] if r['impl'] != 'plain')
     return 0 if worst < 1e-2 or args.cpu_smoke else 1  # the smoke's maps are too small for the target
 
