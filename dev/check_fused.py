@@ -206,7 +206,8 @@ def main() -> int:
                            for col in ('cudnn', 'folded', 'applied', 'matmuls'))
         print(f'| {r["shape"]} | {r["form"]} | {r["plain_ms"]:.3f} | {train} | {r["infer_plain_ms"]:.3f} | {infer} |',
               flush=True)
-        report['tiles'] = [[*key[:4], str(key[4]), [str(f) for f in key[5]], list(tile)] for key, tile in mlp_gemm._tuned.items()]
+        report['tiles'] = [[*key[:4], str(key[4]), [str(f) for f in key[5]], list(tile)]
+                           for key, tile in mlp_gemm._tuned.items()]
         save()
     print('\nmatmul tiles chosen (kernel, rows, out, reduce, dtype, flags -> BLOCK_L, BLOCK_OUT, BLOCK_REDUCE, warps, '
           'stages):', *(' '.join(map(str, t)) for t in report.get('tiles', ())), sep='\n')
