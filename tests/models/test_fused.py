@@ -214,6 +214,39 @@ def test_tiles_are_clipped_to_the_shape_and_start_with_the_fixed_one():
     assert (64, 128, 64, 8, 3) in tiles
 
 
+@NO_TRITON_ON_CPU
+@pytest.mark.skipif(not hasattr(torch.library, 'custom_op'), reason='custom ops need torch >= 2.4')
+def test_compiled_inference_runs_the_mlp_as_the_custom_op(monkeypatch):
+    """Under torch.compile without gradients the fused block's MLP is the custom op of the matmul form (the
+    compiler keeps it whole); with gradients the compiled block stays plain."""
+    from convnextv2_dense.models import block as block_module
+    from convnextv2_dense.models import fused
+    interpreted_triton_ops()
+    block = random_block(12, seed=7).eval()
+    x = torch.randn(2, 12, 5, 5).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = block(x)
+    calls = []
+    real = fused.mlp_ops.gelu_grn_mlp
+
+    def counted(*args):
+        calls.append(args[7] is not None)
+        return real(*args)
+    monkeypatch.setattr(fused.mlp_ops, 'gelu_grn_mlp', counted)
+    # as on CUDA (the rule's own device and size checks are tested elsewhere)
+    monkeypatch.setattr(block_module, 'use_fused', lambda mode, training, t: fused.is_compiling()
+                        and not torch.is_grad_enabled())
+    compiled = torch.compile(block, backend='aot_eager', fullgraph=True)  # fake tensors as for inductor
+    with torch.no_grad():
+        got = compiled(x)
+    assert calls == [True], 'the compiled block did not run the MLP (with its residual) as the custom op'
+    assert rel(got, want) < 1e-5
+    torch._dynamo.reset()
+    calls.clear()
+    compiled(x.requires_grad_()).sum().backward()
+    assert not calls and x.grad is not None
+
+
 def test_mlp_rejects_bad_shapes():
     block = random_block(8)
     params = (block.pwconv1.weight, block.pwconv1.bias, block.grn.gamma, block.grn.beta, block.pwconv2.weight,
@@ -287,6 +320,18 @@ def test_default_runs_fused_where_it_measured_faster(monkeypatch, shape, trainin
     with torch.set_grad_enabled(grad):
         assert use_fused(None, training, FakeCuda(*shape)) is expected
         assert use_fused(True, training, FakeCuda(*shape)) and not use_fused(False, training, FakeCuda(*shape))
+
+
+def test_compiled_blocks_fuse_only_without_gradients(monkeypatch):
+    from convnextv2_dense.models import fused
+    monkeypatch.setattr(fused, 'triton_available', lambda: True)
+    monkeypatch.setattr(fused, 'is_compiling', lambda: True)
+    x, small = FakeCuda(32, 96, 128, 128), FakeCuda(2, 128, 128, 128)
+    assert not use_fused(True, True, x) and not use_fused(None, True, x)  # training compiles the plain block
+    with torch.no_grad():
+        assert use_fused(True, False, x) is fused.mlp_ops.COMPILABLE
+        assert use_fused(None, False, x) is fused.mlp_ops.COMPILABLE
+        assert not use_fused(None, False, small) and not use_fused(False, False, x)
 
 
 def test_fused_block_keeps_parameter_names_and_rejects_bad_values():

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ...compat import is_capturing, is_compiling
-from . import dwconv_ops
+from . import dwconv_ops, mlp_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
 __all__ = ['TorchOps', 'applied_in_matmuls', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward',
@@ -84,7 +84,8 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     :func:`worth_fusing` (GRN folded) or the batch has :data:`MIN_IMAGES_APPLIED` images, without gradients
     (inference) where the batch has at least :data:`MIN_BATCH_PIXELS` pixels (an H100, 2026-12-07: 1.7x at
     C96 128x128 x32; at 16k pixels the plain block was faster). :func:`fused_forward` picks the form
-    (:func:`mlp_form`)."""
+    (:func:`mlp_form`). Under ``torch.compile`` only without gradients, as the custom op of :mod:`.mlp_ops`
+    (torch >= 2.4); never in tracing or export."""
     if mode is False or not x.is_cuda:
         return False
     if mode is None:
@@ -93,6 +94,8 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
                 return False
         elif not large_batch(x):
             return False
+    if is_compiling():
+        return not torch.is_grad_enabled() and mlp_ops.COMPILABLE and triton_available()
     return not is_capturing() and triton_available()
 
 
@@ -161,11 +164,13 @@ def mlp_form(x: torch.Tensor) -> str:
 
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block`` (dwconv, norm, pwconv1, grn, pwconv2, drop path, residual) on NCHW ``x`` (channels-last in
-    practice), the MLP in the form :func:`mlp_form` picks (in the matmul form, the residual is added in the
-    second matmul's epilogue when drop path is idle); returns an NCHW view of an NHWC tensor."""
+    practice), the MLP in the form :func:`mlp_form` picks, or under ``torch.compile`` as the custom op of the
+    matmul form (in the matmul form, the residual is added in the second matmul's epilogue when drop path is
+    idle); returns an NCHW view of an NHWC tensor."""
     y = conv_norm(block, x)
     n, hh, ww, c = y.shape
-    form = mlp_form(x)
+    compiling = is_compiling()
+    form = 'matmuls' if compiling else mlp_form(x)
     if form != 'matmuls':
         h = block.pwconv1(y)
         out = gelu_grn_linear(h.reshape(n, hh * ww, -1), block.grn.gamma, block.grn.beta, block.pwconv2.weight,
@@ -173,8 +178,9 @@ def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x + block.drop_path(out.view(n, hh, ww, -1).permute(0, 3, 1, 2))
     nhwc = x.permute(0, 2, 3, 1)
     add_in_matmul = not block.drop_path.active and nhwc.is_contiguous()
-    out = gelu_grn_mlp(y.to(compute_dtype(x)).reshape(n, hh * ww, c), block.pwconv1.weight, block.pwconv1.bias,
-                       block.grn.gamma, block.grn.beta, block.pwconv2.weight, block.pwconv2.bias,
-                       nhwc.reshape(n, hh * ww, c) if add_in_matmul else None, block.grn.eps, kernel_ops())
+    args = (y.to(compute_dtype(x)).reshape(n, hh * ww, c), block.pwconv1.weight, block.pwconv1.bias, block.grn.gamma,
+            block.grn.beta, block.pwconv2.weight, block.pwconv2.bias,
+            nhwc.reshape(n, hh * ww, c) if add_in_matmul else None, block.grn.eps)
+    out = mlp_ops.gelu_grn_mlp(*args) if compiling else gelu_grn_mlp(*args, kernel_ops())
     out = out.view(n, hh, ww, c).permute(0, 3, 1, 2)
     return out if add_in_matmul else x + block.drop_path(out)
