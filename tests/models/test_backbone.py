@@ -168,6 +168,47 @@ def test_grn_formula_on_random_weights():
     torch.testing.assert_close(grn(x), grn.gamma * (x * nx) + grn.beta + x)
 
 
+@pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_grn_gradients_equal_a_float64_reference(dtype, tol):
+    """GRN's written-out backward (GRNFunction) against float64 autograd of the formula, random non-zero
+    gamma and beta, with one all-zero channel (its norm is 0: the norm's gradient there is 0)."""
+    torch.manual_seed(3)
+    grn = GRN(16)
+    torch.nn.init.normal_(grn.gamma)
+    torch.nn.init.normal_(grn.beta)
+    x = torch.randn(3, 5, 4, 16)
+    x[1, :, :, 7] = 0
+    x = x.to(dtype).requires_grad_()
+    dout = torch.randn(3, 5, 4, 16).to(dtype)
+    got = torch.autograd.grad(grn(x), [x, grn.gamma, grn.beta], dout)
+    x64 = x.detach().double().requires_grad_()
+    gamma, beta = (p.detach().double().requires_grad_() for p in (grn.gamma, grn.beta))
+    gx = torch.linalg.vector_norm(x64, dim=(1, 2), keepdim=True)  # its gradient at a zero norm is 0, sqrt's nan
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    want = torch.autograd.grad(gamma * (x64 * nx) + beta + x64, [x64, gamma, beta], dout.double())
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and ((a.double() - b).norm() / b.norm()).item() < tol
+    assert got[0].dtype == dtype and got[1].dtype == got[2].dtype == torch.float32
+
+
+def test_grn_backward_runs_only_with_gradients_outside_compile(monkeypatch):
+    from convnextv2_dense.models import layers
+    calls = []
+    real = layers.GRNFunction.apply
+    monkeypatch.setattr(layers.GRNFunction, 'apply', lambda *args: calls.append(1) or real(*args))
+    grn = GRN(8)
+    torch.nn.init.normal_(grn.gamma)
+    x = torch.randn(2, 3, 3, 8)
+    with torch.no_grad():
+        plain = grn(x)
+    assert not calls
+    assert torch.equal(grn(x), plain) and calls == [1]
+    calls.clear()
+    compiled = torch.compile(grn, backend='aot_eager', fullgraph=True)
+    compiled(x.requires_grad_()).sum().backward()  # the compiler sees the plain ops (and differentiates them)
+    assert not calls and x.grad is not None
+
+
 def test_grn_stays_finite_in_half_precision():
     grn = GRN(4).half()
     x = torch.full((1, 64, 64, 4), 300.0, dtype=torch.float16)  # squared sum overflows fp16

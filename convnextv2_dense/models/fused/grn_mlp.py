@@ -28,6 +28,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..layers import grn_scale, grn_scale_backward
+
 
 def _grn_affine(a: torch.Tensor, s: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     """GRN's per-(image, channel) affine ``a * s + beta`` on (N, L, K) ``a``, in fp32, rounded to ``a``'s dtype."""
@@ -95,17 +97,6 @@ class TorchOps:
         return out if residual is None else residual + out
 
 
-def _grn_backward(ds: torch.Tensor, gx: torch.Tensor, denom: torch.Tensor, nx: torch.Tensor,
-                  gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """From ``ds`` (N, K), the gradient of GRN's per-image scale ``s = 1 + gamma * gx / denom``: gamma's
-    gradient and ``r`` with ``da += a * r`` (the path through the statistics ``gx = ||a||`` over L)."""
-    dgamma = (ds * nx).sum(dim=0)
-    dnx = ds * gamma.float()
-    dgx = dnx / denom - (dnx * gx).sum(dim=1, keepdim=True) / (denom * denom * gx.shape[1])
-    r = torch.where(gx > 0, dgx / gx, torch.zeros_like(gx))
-    return dgamma, r
-
-
 def _applied_backward(ops: type, dout: torch.Tensor, h: torch.Tensor, g: torch.Tensor, weight_h: torch.Tensor,
                       gx: torch.Tensor, denom: torch.Tensor, nx: torch.Tensor, s: torch.Tensor,
                       gamma: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -117,16 +108,14 @@ def _applied_backward(ops: type, dout: torch.Tensor, h: torch.Tensor, g: torch.T
     dweight = dout.t() @ g.reshape(n * length, k)
     dg = (dout @ weight_h).view(n, length, k)
     ds, dbeta = ops.grn_grad_sums(h, dg)
-    dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
+    dgamma, r = grn_scale_backward(ds, gx, denom, nx, gamma)
     return ops.gelu_grn_grad(h, dg, s, r), dgamma, dbeta.sum(dim=0), dweight, dbias
 
 
 def _grn_scale(sumsq: torch.Tensor, gamma: torch.Tensor, eps: float):
     """GRN's statistics from the (N, K) fp32 sums of squares: ``gx``, ``denom``, ``nx`` and the scale ``s``."""
     gx = sumsq.sqrt()
-    denom = gx.mean(dim=1, keepdim=True) + eps
-    nx = gx / denom
-    return gx, denom, nx, torch.addcmul(torch.ones_like(nx), gamma.float(), nx)
+    return (gx, *grn_scale(gx, gamma, eps))
 
 
 class GeluGrnLinear(torch.autograd.Function):
@@ -157,7 +146,7 @@ class GeluGrnLinear(torch.autograd.Function):
             w = weight.float()
             dweight = torch.einsum('nck,nk->ck', dwn, s) + torch.outer(dsum, beta.float())
             ds = torch.einsum('nck,ck->nk', dwn, w)
-            dgamma, r = _grn_backward(ds, gx, denom, nx, gamma)
+            dgamma, r = grn_scale_backward(ds, gx, denom, nx, gamma)
             dh = ctx.ops.gelu_grad(h, a, torch.bmm(dout, wn), r)
         gdt, bdt, wdt, bidt = ctx.param_dtypes
         return (dh, dgamma.to(gdt), (w.t() @ dsum).to(bdt), dweight.to(wdt), dsum.to(bidt), None, None)
