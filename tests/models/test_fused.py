@@ -330,6 +330,8 @@ def test_compiled_blocks_fuse_only_without_gradients(monkeypatch):
     assert not use_fused(True, True, x) and not use_fused(None, True, x)  # training compiles the plain block
     with torch.no_grad():
         assert use_fused(True, False, x) is fused.mlp_ops.COMPILABLE
+        assert use_fused(None, False, x) is (fused.COMPILED_MLP_BY_DEFAULT and fused.mlp_ops.COMPILABLE)
+        monkeypatch.setattr(fused, 'COMPILED_MLP_BY_DEFAULT', True)
         assert use_fused(None, False, x) is fused.mlp_ops.COMPILABLE
         assert not use_fused(None, False, small) and not use_fused(False, False, x)
 

@@ -78,6 +78,12 @@ def worth_fusing(x: torch.Tensor) -> bool:
 MIN_IMAGES_APPLIED = 32
 
 
+# Under torch.compile, whether fused_block=None (the default) also takes the MLP's custom op in inference; off
+# until a GPU has timed it against the compiler's own kernels (fused_block=True takes it; the benchmark's
+# ``ours-fused-compile`` row).
+COMPILED_MLP_BY_DEFAULT = False
+
+
 def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     """Whether a block in ``training`` mode with ``fused_block=mode`` runs fused on input ``x``: ``True``
     always (on CUDA), ``False`` never, ``None`` where it measured faster: with gradients in training where
@@ -85,7 +91,7 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     (inference) where the batch has at least :data:`MIN_BATCH_PIXELS` pixels (an H100, 2026-12-07: 1.7x at
     C96 128x128 x32; at 16k pixels the plain block was faster). :func:`fused_forward` picks the form
     (:func:`mlp_form`). Under ``torch.compile`` only without gradients, as the custom op of :mod:`.mlp_ops`
-    (torch >= 2.4); never in tracing or export."""
+    (torch >= 2.4), with ``mode`` None only if :data:`COMPILED_MLP_BY_DEFAULT`; never in tracing or export."""
     if mode is False or not x.is_cuda:
         return False
     if mode is None:
@@ -95,7 +101,8 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
         elif not large_batch(x):
             return False
     if is_compiling():
-        return not torch.is_grad_enabled() and mlp_ops.COMPILABLE and triton_available()
+        return (not torch.is_grad_enabled() and (mode is True or COMPILED_MLP_BY_DEFAULT) and mlp_ops.COMPILABLE
+                and triton_available())
     return not is_capturing() and triton_available()
 
 
