@@ -55,6 +55,13 @@ def grn_scale_backward(ds: torch.Tensor, gx: torch.Tensor, denom: torch.Tensor, 
     return dgamma, r
 
 
+def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """GRN on an (N, H, W, C) tensor in plain ops (what the compiler, tracing and export see; autograd
+    differentiates them)."""
+    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
+    return torch.addcmul(beta.to(x.dtype), x, grn_scale(gx, gamma, eps)[2].to(x.dtype))
+
+
 class GRNFunction(torch.autograd.Function):
     """GRN on an (N, H, W, C) tensor with its backward written out: one pass sums ``dout * x`` and ``dout``
     per (image, channel), one forms ``dx = dout * s + x * r``, both in ``x``'s dtype (statistics in fp32)."""
@@ -103,9 +110,7 @@ class GRN(nn.Module):
         if (torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad or self.beta.requires_grad)
                 and x.dim() == 4 and not is_capturing()):
             return GRNFunction.apply(x, self.gamma, self.beta, self.eps)
-        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
-        scale = grn_scale(gx, self.gamma, self.eps)[2]
-        return torch.addcmul(self.beta.to(x.dtype), x, scale.to(x.dtype))
+        return grn(x, self.gamma, self.beta, self.eps)
 
 
 class DropPath(nn.Module):
