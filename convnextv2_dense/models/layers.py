@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from ..compat import is_capturing
 
@@ -64,20 +63,25 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) ->
 
 class GRNFunction(torch.autograd.Function):
     """GRN on an (N, H, W, C) tensor with its backward written out: one pass sums ``dout * x`` and ``dout``
-    per (image, channel), one forms ``dx = dout * s + x * r``, both in ``x``'s dtype (statistics in fp32)."""
+    per (image, channel), one forms ``dx = dout * s + x * r``, both in ``x``'s dtype (statistics in fp32).
+    The backward is itself differentiable (``create_graph=True``: it then recomputes the statistics from
+    ``x``, so a second-order gradient reaches ``x`` through them)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
         gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
         denom, nx, s = grn_scale(gx, gamma, eps)
         ctx.save_for_backward(x, gx, denom, nx, s, gamma)
+        ctx.eps = eps
         ctx.param_dtypes = (gamma.dtype, beta.dtype)
         return torch.addcmul(beta.to(x.dtype), x, s.to(x.dtype))
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout: torch.Tensor):
         x, gx, denom, nx, s, gamma = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: statistics the graph can differentiate
+            gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
+            denom, nx, s = grn_scale(gx, gamma, ctx.eps)
         n, k = x.shape[0], x.shape[-1]
         dout = dout.to(x.dtype)
         ds = (dout * x).sum(dim=(1, 2), dtype=torch.float32)

@@ -191,6 +191,25 @@ def test_grn_gradients_equal_a_float64_reference(dtype, tol):
     assert got[0].dtype == dtype and got[1].dtype == got[2].dtype == torch.float32
 
 
+def test_grn_second_order_gradients_equal_the_plain_ops():
+    """A gradient penalty through GRN (create_graph=True) differentiates the written-out backward."""
+    from convnextv2_dense.models import layers
+    torch.manual_seed(4)
+    grn = GRN(8)
+    torch.nn.init.normal_(grn.gamma)
+    torch.nn.init.normal_(grn.beta)
+    x = torch.randn(2, 3, 4, 8, requires_grad=True)
+    weights = torch.randn(2, 3, 4, 8)
+    results = []
+    for function in (layers.GRNFunction.apply, layers.grn):
+        (dx,) = torch.autograd.grad((function(x, grn.gamma, grn.beta, grn.eps) * weights).sum(), x,
+                                    create_graph=True)
+        results.append(torch.autograd.grad(dx.square().sum(), [x, grn.gamma]))  # beta does not reach dx
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert results[0][1].abs().sum() > 0
+
+
 def test_grn_backward_runs_only_with_gradients_outside_compile(monkeypatch):
     from convnextv2_dense.models import layers
     calls = []
