@@ -143,8 +143,9 @@ def candidate_tiles(rows: int, out_width: int, reduce_width: int) -> list[tuple[
 def _tile(kernel: str, rows: int, out_width: int, reduce_width: int, dtype: torch.dtype, flags: tuple,
           launch) -> tuple[int, int, int, int, int]:
     """The tile of ``kernel`` for a shape: the fastest of :func:`candidate_tiles` by ``launch(tile)``, timed once
-    per (shape, dtype, flags) and remembered; :func:`gemm_config`'s in the interpreter or with :data:`TUNE` off."""
-    key = (kernel, rows, out_width, reduce_width, dtype, flags)
+    per (shape, dtype, flags) and remembered, rows by the power of two above them (so inputs of many sizes time
+    a few times, not once per size); :func:`gemm_config`'s in the interpreter or with :data:`TUNE` off."""
+    key = (kernel, triton.next_power_of_2(rows), out_width, reduce_width, dtype, flags)
     if key not in _tuned:
         tiles = candidate_tiles(rows, out_width, reduce_width)
         if _INTERPRETED or not TUNE or len(tiles) == 1:
