@@ -169,9 +169,11 @@ def test_grn_formula_on_random_weights():
 
 
 @pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_grn_gradients_equal_a_float64_reference(dtype, tol):
+def test_grn_gradients_equal_a_float64_reference(dtype, tol, monkeypatch):
     """GRN's written-out backward (GRNFunction) against float64 autograd of the formula, random non-zero
     gamma and beta, with one all-zero channel (its norm is 0: the norm's gradient there is 0)."""
+    from convnextv2_dense.models import layers
+    monkeypatch.setattr(layers, 'MIN_PIXELS_WRITTEN_OUT', 60)  # this batch's pixels: GRN takes the function
     torch.manual_seed(3)
     grn = GRN(16)
     torch.nn.init.normal_(grn.gamma)
@@ -210,8 +212,9 @@ def test_grn_second_order_gradients_equal_the_plain_ops():
     assert results[0][1].abs().sum() > 0
 
 
-def test_grn_backward_runs_only_with_gradients_outside_compile(monkeypatch):
+def test_grn_backward_runs_only_with_gradients_on_large_batches_outside_compile(monkeypatch):
     from convnextv2_dense.models import layers
+    monkeypatch.setattr(layers, 'MIN_PIXELS_WRITTEN_OUT', 18)
     calls = []
     real = layers.GRNFunction.apply
     monkeypatch.setattr(layers.GRNFunction, 'apply', lambda *args: calls.append(1) or real(*args))
@@ -222,6 +225,8 @@ def test_grn_backward_runs_only_with_gradients_outside_compile(monkeypatch):
         plain = grn(x)
     assert not calls
     assert torch.equal(grn(x), plain) and calls == [1]
+    grn(x[:1])  # 9 pixels: autograd's backward through the plain ops
+    assert calls == [1]
     calls.clear()
     compiled = torch.compile(grn, backend='aot_eager', fullgraph=True)
     compiled(x.requires_grad_()).sum().backward()  # the compiler sees the plain ops (and differentiates them)
