@@ -119,8 +119,8 @@ class GRN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (torch.is_grad_enabled() and (x.requires_grad or self.gamma.requires_grad or self.beta.requires_grad)
-                and x.dim() == 4 and x.shape[0] * x.shape[1] * x.shape[2] >= MIN_PIXELS_WRITTEN_OUT
-                and not is_capturing()):
+                and x.dim() == 4 and not is_capturing()  # before the sizes, which are tensors in a trace
+                and x.shape[0] * x.shape[1] * x.shape[2] >= MIN_PIXELS_WRITTEN_OUT):
             return GRNFunction.apply(x, self.gamma, self.beta, self.eps)
         return grn(x, self.gamma, self.beta, self.eps)
 
