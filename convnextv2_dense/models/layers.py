@@ -54,11 +54,17 @@ def grn_scale_backward(ds: torch.Tensor, gx: torch.Tensor, denom: torch.Tensor, 
     return dgamma, r
 
 
+def grn_statistics(x: torch.Tensor, gamma: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """``gx`` (the fp32 L2 norm of each (image, channel) map of (N, H, W, C) ``x``) and :func:`grn_scale`'s
+    ``denom``, ``nx`` and ``s``, all (N, 1, 1, C)-broadcastable."""
+    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
+    return (gx, *grn_scale(gx, gamma, eps))
+
+
 def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
     """GRN on an (N, H, W, C) tensor in plain ops (what the compiler, tracing and export see; autograd
     differentiates them)."""
-    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
-    return torch.addcmul(beta.to(x.dtype), x, grn_scale(gx, gamma, eps)[2].to(x.dtype))
+    return torch.addcmul(beta.to(x.dtype), x, grn_statistics(x, gamma, eps)[3].to(x.dtype))
 
 
 class GRNFunction(torch.autograd.Function):
@@ -69,8 +75,7 @@ class GRNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
-        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
-        denom, nx, s = grn_scale(gx, gamma, eps)
+        gx, denom, nx, s = grn_statistics(x, gamma, eps)
         ctx.save_for_backward(x, gx, denom, nx, s, gamma)
         ctx.eps = eps
         ctx.param_dtypes = (gamma.dtype, beta.dtype)
@@ -80,8 +85,7 @@ class GRNFunction(torch.autograd.Function):
     def backward(ctx, dout: torch.Tensor):
         x, gx, denom, nx, s, gamma = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: statistics the graph can differentiate
-            gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True, dtype=torch.float32)
-            denom, nx, s = grn_scale(gx, gamma, ctx.eps)
+            gx, denom, nx, s = grn_statistics(x, gamma, ctx.eps)
         n, k = x.shape[0], x.shape[-1]
         dout = dout.to(x.dtype)
         ds = (dout * x).sum(dim=(1, 2), dtype=torch.float32)
