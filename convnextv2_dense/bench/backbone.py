@@ -169,17 +169,19 @@ def _row_step(row: Row, s: BackboneSettings, device: torch.device) -> Callable[[
     return _backbone_step(model, x, row.mode, DTYPES[s.dtype])
 
 
+def _warmup(row: Row, s: BackboneSettings) -> int:
+    """Untimed steps before a row's timing or profile (compiled rows: the compiler's warm-up)."""
+    return s.compile_warmup if row.impl.endswith('-compile') else s.warmup
+
+
 def _measure_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -> None:
-    warmup = s.compile_warmup if row.impl.endswith('-compile') else s.warmup
-    record(row, measure(_row_step(row, s, device), warmup, s.iters, device))
+    record(row, measure(_row_step(row, s, device), _warmup(row, s), s.iters, device))
 
 
 def _profile_backbone_row(row: Row, s: BackboneSettings, device: torch.device) -> None:
     """``row.extra['profile']``: :data:`BackboneSettings.profile` steps of a fresh model of ``row`` under
     ``torch.profiler``, after its warm-up (so a compiled row profiles its compiled graphs, not the compiler)."""
-    step = _row_step(row, s, device)
-    warmup = s.compile_warmup if row.impl.endswith('-compile') else s.warmup
-    row.extra['profile'] = profile_step(step, s.profile, device, warmup=warmup)
+    row.extra['profile'] = profile_step(_row_step(row, s, device), s.profile, device, warmup=_warmup(row, s))
 
 
 def backbone_benchmark(s: BackboneSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
