@@ -354,3 +354,60 @@ def test_fused_block_keeps_parameter_names_and_rejects_bad_values():
 def test_default_fuses_only_the_shapes_where_it_measured_faster(shape, expected):
     from convnextv2_dense.models.fused import worth_fusing
     assert worth_fusing(torch.empty(shape, device='meta')) is expected
+
+
+class FakeActivation:
+    """Stands for a convolution output: the LayerNorm rule reads only the device and the dtype."""
+
+    def __init__(self, is_cuda: bool, dtype: torch.dtype) -> None:
+        self.is_cuda, self.dtype = is_cuda, dtype
+
+
+def test_layer_norm_runs_in_bf16_only_on_cuda_bf16_outputs_of_fp32_parameters(monkeypatch):
+    from convnextv2_dense.models import fused
+    norm, half_norm = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8).to(torch.bfloat16)
+    assert fused.norm_in_conv_dtype(FakeActivation(True, torch.bfloat16), norm)
+    assert not fused.norm_in_conv_dtype(FakeActivation(False, torch.bfloat16), norm)  # the CPU stays as it was
+    assert not fused.norm_in_conv_dtype(FakeActivation(True, torch.float16), norm)  # fp16: gradients overflow
+    assert not fused.norm_in_conv_dtype(FakeActivation(True, torch.float32), norm)
+    assert not fused.norm_in_conv_dtype(FakeActivation(True, torch.bfloat16), half_norm)  # already bf16
+    monkeypatch.setattr(fused, 'is_capturing', lambda: True)  # compile, tracing and export see the plain norm
+    assert not fused.norm_in_conv_dtype(FakeActivation(True, torch.bfloat16), norm)
+    monkeypatch.setattr(fused, 'is_capturing', lambda: False)
+    monkeypatch.setattr(fused, 'NORM_IN_BF16', False)
+    assert not fused.norm_in_conv_dtype(FakeActivation(True, torch.bfloat16), norm)
+
+
+@pytest.mark.skipif(not cpu_convolves(torch.bfloat16), reason='needs a bf16 CPU convolution')
+def test_block_with_the_bf16_layer_norm_matches_autocasts_fp32_norm(monkeypatch):
+    """The block under bf16 autocast (the CPU standing in for CUDA): with the rule on, the LayerNorm runs in
+    bf16 (no fp32 copy of its input), its parameters' gradients stay fp32, and the outputs and every gradient
+    are within bf16's rounding of autocast's fp32 LayerNorm."""
+    from convnextv2_dense.models import fused
+    block = random_block(16, seed=3).to(memory_format=torch.channels_last)
+    block.fused_block = False
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 16, 9, 9)
+    norm_inputs = []
+    block.norm.register_forward_pre_hook(lambda module, args: norm_inputs.append(args[0].dtype))
+
+    def run(x):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return block(x)
+    monkeypatch.setattr(fused, 'norm_in_conv_dtype', lambda y, norm: False)
+    reference = outputs_and_grads(run, block, x, grad)
+    assert norm_inputs == [torch.bfloat16]  # autocast's module call, which casts to fp32 inside
+    calls = []
+    real = fused.layer_norm_in_dtype
+    monkeypatch.setattr(fused, 'norm_in_conv_dtype', lambda y, norm: y.dtype == torch.bfloat16)
+    monkeypatch.setattr(fused, 'layer_norm_in_dtype', lambda y, norm: calls.append(y.dtype) or real(y, norm))
+    x_ = x.detach().requires_grad_()
+    y = run(x_)
+    y.backward(grad.to(y.dtype))
+    assert calls == [torch.bfloat16] and len(norm_inputs) == 1  # the module itself is not called
+    assert block.norm.weight.grad.dtype == torch.float32 and block.norm.bias.grad.dtype == torch.float32
+    block.zero_grad()
+    got = outputs_and_grads(run, block, x, grad)
+    assert len(got) == len(reference) == 2 + len(list(block.parameters()))
+    for name, g, r in zip(['out', 'x', *(n for n, _ in block.named_parameters())], got, reference):
+        assert g.dtype == r.dtype and rel(g, r) < 2e-2, (name, rel(g, r))

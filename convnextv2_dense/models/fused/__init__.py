@@ -19,6 +19,7 @@ import importlib.util
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...compat import is_capturing, is_compiling
@@ -130,14 +131,40 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
         return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else x.dtype
 
 
+# Whether the block's LayerNorm runs in bf16 on the convolution's bf16 output under bf16 autocast (see
+# :func:`norm_in_conv_dtype`); a switch for benchmarks and checks.
+NORM_IN_BF16 = True
+
+
+def norm_in_conv_dtype(y: torch.Tensor, norm: nn.LayerNorm) -> bool:
+    """Whether :func:`conv_norm` normalises the convolution's output ``y`` in ``y``'s own dtype: on CUDA, where
+    ``y`` is bf16 and the LayerNorm's parameters are fp32 (bf16 autocast), outside ``torch.compile``, tracing and
+    export, while :data:`NORM_IN_BF16`. Autocast would run it in fp32 between two casts of the activation (to
+    fp32 before it, back to bf16 for the Linear after it), forward and backward; in bf16 the kernel still
+    accumulates its statistics in fp32 and its output is rounded to bf16 once, as the Linear's input was
+    before. Not for fp16: its parameter gradients would be summed into fp16, where a loss scale overflows."""
+    return (NORM_IN_BF16 and y.is_cuda and y.dtype == torch.bfloat16 and norm.weight is not None
+            and norm.weight.dtype == torch.float32 and not is_capturing())
+
+
+def layer_norm_in_dtype(y: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(y)`` computed in ``y``'s dtype, autocast off: the parameters are cast to it (their gradients come
+    back in their own dtype through the cast)."""
+    with torch.autocast(y.device.type, enabled=False):
+        return F.layer_norm(y, norm.normalized_shape, norm.weight.to(y.dtype),
+                            None if norm.bias is None else norm.bias.to(y.dtype), norm.eps)
+
+
 def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block.norm(block.dwconv(x))`` as an NHWC tensor (the block's first half): one Triton pass where no
-    gradient is needed and :func:`use_triton_conv` says so, else cuDNN's convolution and the LayerNorm."""
+    gradient is needed and :func:`use_triton_conv` says so, else cuDNN's convolution and the LayerNorm (in
+    bf16 where :func:`norm_in_conv_dtype`)."""
     conv, norm = block.dwconv, block.norm
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in (
         conv.weight, conv.bias, norm.weight, norm.bias) if p is not None))
     if needs_grad or not use_triton_conv(block.fused_block, x):
-        return norm(conv(x).permute(0, 2, 3, 1))
+        y = conv(x).permute(0, 2, 3, 1)
+        return layer_norm_in_dtype(y, norm) if norm_in_conv_dtype(y, norm) else norm(y)
     # the custom op under torch.compile, which the compiler keeps whole
     op = dwconv_ops.conv_norm if is_compiling() else dwconv_kernels().depthwise7x7_norm
     return op(x.to(compute_dtype(x)), conv.weight, conv.bias, norm.weight, norm.bias, norm.eps)
