@@ -30,6 +30,7 @@ class Row:
     img_per_s: float | None = None
     ms_per_iter: float | None = None
     ms_median: float | None = None
+    ms_max: float | None = None
     peak_mem_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     first_iter_s: float | None = None
@@ -92,7 +93,7 @@ def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.d
             times.append((time.perf_counter() - start) * 1e3)
     cuda = device.type == 'cuda'
     return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
-                peak_mem_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+                ms_max=max(times), peak_mem_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
                 peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None, first_iter_s=first)
 
 
