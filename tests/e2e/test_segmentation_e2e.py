@@ -28,6 +28,7 @@ def test_train_writes_checkpoints_and_logs_progress(trained):
     log = proc.stdout + proc.stderr
     assert 'Iter(train) [4/4]' in log and 'eta:' in log
     assert re.search(r'mIoU: \d', log)
+    assert re.search(r'gc.freeze: \d{5,} objects alive before training', log)  # startup objects frozen
 
 
 @pytest.mark.slow
