@@ -20,9 +20,10 @@ from ..models.stage_selection import INDEXED_STAGES
 # ours-plain: the plain PyTorch block; ours-fused: the fused block everywhere, in inference too;
 # -compile: torch.compile of the whole backbone (which runs the plain block: the compiler fuses it itself;
 # ours-fused-compile keeps the Triton depthwise convolution in the compiled graph as custom ops);
-# ours-matmuls: ours-fused with GRN applied in the two Triton matmuls where it is not folded (not yet a default).
-IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-matmuls', 'ours-compile', 'ours-fused-compile',
-                          'hf', 'timm', 'timm-compile')
+# ours-matmuls: ours-fused with GRN applied in the two Triton matmuls where it is not folded (not yet a default);
+# ours-bf16-norm: ours with the blocks' LayerNorm in bf16 under bf16 autocast (fused.NORM_IN_BF16, not yet a default).
+IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-matmuls', 'ours-bf16-norm', 'ours-compile',
+                          'ours-fused-compile', 'hf', 'timm', 'timm-compile')
 # Rows of the full-iteration benchmark (.full): as above, plus 'stock': the plain block with the stock mm
 # components (heads, optimizer flags) in place of the fast variants our configs use: the "before" row.
 FULL_IMPLS: tuple[str, ...] = ('stock', 'ours', 'ours-eager', 'ours-plain', 'ours-fused', 'ours-compile', 'hf')
@@ -67,11 +68,21 @@ class HFBackbone(nn.Module):
         return tuple(f.contiguous(memory_format=layout) for f in self.hf(pixel_values=x).feature_maps)
 
 
-class MatmulFormBackbone(ConvNeXtV2):
-    """Ours with ``fused.APPLIED_IN_MATMULS`` on while it runs (the ``ours-matmuls`` row)."""
+class SwitchedBackbone(ConvNeXtV2):
+    """Ours with one of :data:`fused.SWITCHES <convnextv2_dense.models.fused.SWITCHES>` on while it runs
+    forward (the rows of paths that are not defaults yet).
+
+    Args:
+        switch (str): The switch's name.
+        *args, **kwargs: :class:`ConvNeXtV2`'s.
+    """
+
+    def __init__(self, switch: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.switch = switch
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        with fused.applied_in_matmuls():
+        with fused.switched(self.switch):
             return super().forward(x)
 
 
@@ -79,7 +90,9 @@ def build_backbone(impl: str, arch: str) -> nn.Module:
     """An uncompiled backbone with random weights returning all four stage outputs."""
     base = impl.removesuffix('-compile')
     if base == 'ours-matmuls':
-        return MatmulFormBackbone(arch, out_indices=(0, 1, 2, 3), fused_block=True)
+        return SwitchedBackbone('APPLIED_IN_MATMULS', arch, out_indices=(0, 1, 2, 3), fused_block=True)
+    if base == 'ours-bf16-norm':
+        return SwitchedBackbone('NORM_IN_BF16', arch, out_indices=(0, 1, 2, 3))
     if base in ('ours', 'ours-plain', 'ours-fused'):
         fused = {'ours': None, 'ours-fused': True}.get(base, False)
         return ConvNeXtV2(arch, out_indices=(0, 1, 2, 3), fused_block=fused)

@@ -366,6 +366,8 @@ class FakeActivation:
 def test_layer_norm_runs_in_bf16_only_on_cuda_bf16_outputs_of_fp32_parameters(monkeypatch):
     from convnextv2_dense.models import fused
     norm, half_norm = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8).to(torch.bfloat16)
+    assert not fused.NORM_IN_BF16  # off until a GPU has timed it
+    monkeypatch.setattr(fused, 'NORM_IN_BF16', True)
     assert fused.norm_in_conv_dtype(FakeActivation(True, torch.bfloat16), norm)
     assert not fused.norm_in_conv_dtype(FakeActivation(False, torch.bfloat16), norm)  # the CPU stays as it was
     assert not fused.norm_in_conv_dtype(FakeActivation(True, torch.float16), norm)  # fp16: gradients overflow

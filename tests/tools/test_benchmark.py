@@ -245,17 +245,23 @@ def test_full_rows_take_the_configs_ddp_wrapper_and_stock_takes_mmengines():
 
 def test_backbone_rows_set_the_fused_block_as_named():
     from convnextv2_dense.bench.impls import build_backbone
-    expected = {'ours': None, 'ours-plain': False, 'ours-fused': True, 'ours-matmuls': True, 'ours-compile': None,
-                'ours-fused-compile': True}
+    expected = {'ours': None, 'ours-plain': False, 'ours-fused': True, 'ours-matmuls': True, 'ours-bf16-norm': None,
+                'ours-compile': None, 'ours-fused-compile': True}
     assert {impl: build_backbone(impl, 'atto').fused_block for impl in expected} == expected
 
 
-def test_matmuls_row_turns_the_matmul_form_on_only_while_it_runs(monkeypatch):
+@pytest.mark.parametrize('impl, switch, reader', [('ours-matmuls', 'APPLIED_IN_MATMULS', 'use_fused'),
+                                                   ('ours-bf16-norm', 'NORM_IN_BF16', 'norm_in_conv_dtype')])
+def test_switched_rows_turn_their_path_on_only_while_they_run(monkeypatch, impl, switch, reader):
     import torch
 
     from convnextv2_dense.bench.impls import build_backbone
     from convnextv2_dense.models import block, fused
     seen = []
-    monkeypatch.setattr(block, 'use_fused', lambda *args: seen.append(fused.APPLIED_IN_MATMULS) or False)
-    outs = build_backbone('ours-matmuls', 'atto')(torch.randn(1, 3, 32, 32))
-    assert len(outs) == 4 and seen and all(seen) and fused.APPLIED_IN_MATMULS is False
+    owner = block if reader == 'use_fused' else fused  # where the block looks the rule up
+    monkeypatch.setattr(owner, reader, lambda *args: seen.append(getattr(fused, switch)) or False)
+    outs = build_backbone(impl, 'atto')(torch.randn(1, 3, 32, 32))
+    assert len(outs) == 4 and seen and all(seen) and getattr(fused, switch) is False
+    with pytest.raises(ValueError, match='switch must be one of'):
+        with fused.switched('NO_SUCH_SWITCH'):
+            pass

@@ -27,8 +27,8 @@ from . import dwconv_ops, mlp_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
 __all__ = ['TorchOps', 'applied_in_matmuls', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward',
-           'gelu_grn_linear', 'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'triton_available', 'use_fused',
-           'use_triton_conv']
+           'gelu_grn_linear', 'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'switched', 'triton_available',
+           'use_fused', 'use_triton_conv']
 
 
 @functools.cache
@@ -132,8 +132,10 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # Whether the block's LayerNorm runs in bf16 on the convolution's bf16 output under bf16 autocast (see
-# :func:`norm_in_conv_dtype`); a switch for benchmarks and checks.
-NORM_IN_BF16 = True
+# :func:`norm_in_conv_dtype`). Off until a GPU has timed it (the benchmark's ``ours-bf16-norm`` row): it
+# launches as many kernels as autocast's fp32 LayerNorm and its casts, and moves fewer bytes (bf16 in and
+# out, no fp32 copy of the activation).
+NORM_IN_BF16 = False
 
 
 def norm_in_conv_dtype(y: torch.Tensor, norm: nn.LayerNorm) -> bool:
@@ -174,17 +176,26 @@ def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # GRN's affine and the residual (:mod:`.mlp_gemm`), or as cuBLAS's matmuls with Triton passes between them. Which
 # is faster is for dev/check_fused.py to say on a GPU; until then the second.
 APPLIED_IN_MATMULS = False
+SWITCHES = ('APPLIED_IN_MATMULS', 'NORM_IN_BF16')
 
 
 @contextlib.contextmanager
-def applied_in_matmuls(enabled: bool = True) -> Iterator[None]:
-    """:data:`APPLIED_IN_MATMULS` set to ``enabled`` inside the ``with`` block, restored after (benchmarks)."""
-    global APPLIED_IN_MATMULS
-    previous, APPLIED_IN_MATMULS = APPLIED_IN_MATMULS, enabled
+def switched(name: str, enabled: bool = True) -> Iterator[None]:
+    """This module's switch ``name`` (:data:`APPLIED_IN_MATMULS`, :data:`NORM_IN_BF16`) set to ``enabled``
+    inside the ``with`` block, restored after (benchmark rows of a path that is not the default)."""
+    if name not in SWITCHES:
+        raise ValueError(f'switch must be one of {SWITCHES}, got {name!r}')
+    previous = globals()[name]
+    globals()[name] = enabled
     try:
         yield
     finally:
-        APPLIED_IN_MATMULS = previous
+        globals()[name] = previous
+
+
+def applied_in_matmuls(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """:data:`APPLIED_IN_MATMULS` set to ``enabled`` inside the ``with`` block, restored after (benchmarks)."""
+    return switched('APPLIED_IN_MATMULS', enabled)
 
 
 def mlp_form(x: torch.Tensor) -> str:
