@@ -178,8 +178,8 @@ def freeze_startup_objects(runner: Any) -> int:
     """Collect once, then move every object alive now (the imported packages, the runner and its model:
     about half a million on a demo run) into the garbage collector's permanent generation (``gc.freeze``),
     and log how many. The collector's full passes during training then no longer walk them: on this
-    project's 2-core CPU machine, in the demo UperNet's 600 iterations, the four full passes took 250-313 ms
-    each before and 0.3-17 ms after. Each such pass stalls the host, so the GPU waits. Forked dataloader
+    project's 2-core CPU machine, in the demo UperNet's 600-iteration run, the four full passes took 249-313 ms
+    each before and the ten after 0.3-17 ms. Each such pass stalls the host, so the GPU waits. Forked dataloader
     workers also stop touching those objects' pages (the copy-on-write case of ``gc.freeze``'s docs).
     Returns the number frozen."""
     gc.collect()
