@@ -26,7 +26,7 @@ from ...compat import is_capturing, is_compiling
 from . import dwconv_ops, mlp_ops
 from .grn_mlp import TorchOps, gelu_grn_linear, gelu_grn_mlp
 
-__all__ = ['TorchOps', 'applied_in_matmuls', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward',
+__all__ = ['TorchOps', 'compute_dtype', 'conv_norm', 'dwconv_kernels', 'fused_forward',
            'gelu_grn_linear', 'gelu_grn_mlp', 'kernel_ops', 'mlp_form', 'switched', 'triton_available',
            'use_fused', 'use_triton_conv']
 
@@ -191,11 +191,6 @@ def switched(name: str, enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         globals()[name] = previous
-
-
-def applied_in_matmuls(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
-    """:data:`APPLIED_IN_MATMULS` set to ``enabled`` inside the ``with`` block, restored after (benchmarks)."""
-    return switched('APPLIED_IN_MATMULS', enabled)
 
 
 def mlp_form(x: torch.Tensor) -> str:
