@@ -250,7 +250,7 @@ def format_backbone_report(report: dict[str, Any]) -> str:
     for r in report['rows']:
         lines.append(f'| {r["impl"]} | {r["arch"]} | {r["input"]} | {r["batch"]} | {r["mode"]} | '
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_num(r["ms_per_iter"], ".2f")} | '
-                     f'{fmt_num(r["ms_median"], ".2f")} | {fmt_num(r.get("ms_max"), ".2f")} | '
+                     f'{fmt_num(r["ms_median"], ".2f")} | {fmt_num(r["ms_max"], ".2f")} | '
                      f'{fmt_gib(r["peak_mem_bytes"])} | '
                      f'{fmt_num(r["first_iter_s"], ".1f")} | {r["status"]} |')
     for r in report['rows']:

@@ -145,16 +145,15 @@ def norm_in_conv_dtype(y: torch.Tensor, norm: nn.LayerNorm) -> bool:
     fp32 before it, back to bf16 for the Linear after it), forward and backward; in bf16 the kernel still
     accumulates its statistics in fp32 and its output is rounded to bf16 once, as the Linear's input was
     before. Not for fp16: its parameter gradients would be summed into fp16, where a loss scale overflows."""
-    return (NORM_IN_BF16 and y.is_cuda and y.dtype == torch.bfloat16 and norm.weight is not None
-            and norm.weight.dtype == torch.float32 and not is_capturing())
+    return (NORM_IN_BF16 and y.is_cuda and y.dtype == torch.bfloat16 and norm.weight.dtype == torch.float32
+            and not is_capturing())
 
 
 def layer_norm_in_dtype(y: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm(y)`` computed in ``y``'s dtype, autocast off: the parameters are cast to it (their gradients come
-    back in their own dtype through the cast)."""
+    """``norm(y)`` (a block's LayerNorm, always with weight and bias) computed in ``y``'s dtype, autocast off:
+    the parameters are cast to it (their gradients come back in their own dtype through the cast)."""
     with torch.autocast(y.device.type, enabled=False):
-        return F.layer_norm(y, norm.normalized_shape, norm.weight.to(y.dtype),
-                            None if norm.bias is None else norm.bias.to(y.dtype), norm.eps)
+        return F.layer_norm(y, norm.normalized_shape, norm.weight.to(y.dtype), norm.bias.to(y.dtype), norm.eps)
 
 
 def conv_norm(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
