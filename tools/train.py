@@ -8,9 +8,8 @@ if REPO_ROOT not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, REPO_ROOT)
 
 from convnextv2_dense.mm.checkpoint_safety import safe_checkpoint_loading  # noqa: E402
-from convnextv2_dense.mm.runner_cli import (TRUST_SWITCH, add_common_args, build_runner,  # noqa: E402
-                                             freeze_startup_objects, load_config, prepare_training, run_tool,
-                                             shut_down_distributed)
+from convnextv2_dense.mm.runner_cli import (TRUST_SWITCH, add_common_args, build_runner, load_config,  # noqa: E402
+                                             prepare_training, run_tool, shut_down_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,7 +40,6 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, args.resume
     prepare_training(cfg)
     runner = build_runner(cfg, 'train')
-    freeze_startup_objects(runner)
     with safe_checkpoint_loading(trust=args.trust_checkpoint, switch=TRUST_SWITCH):
         runner.train()
     shut_down_distributed()

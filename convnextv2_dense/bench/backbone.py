@@ -239,19 +239,20 @@ def format_backbone_report(report: dict[str, Any]) -> str:
     lines = format_header(report['env']) + [
         f'settings: {s["dtype"]} autocast, {"channels_last" if s["channels_last"] else "NCHW"}, all four stage '
         f'outputs, train = forward + backward of the sum of output means, warm-up {s["warmup"]} (compiled '
-        f'{s["compile_warmup"]}, mode {s["compile_mode"] or "default"}), {s["iters"]} timed iterations'
+        f'{s["compile_warmup"]}, mode {s["compile_mode"] or "default"}), {s["iters"]} timed iterations, '
+        f'start-up objects frozen out of the garbage collector (as GcFreezeHook does in training)'
         + (f', cudnn.benchmark {s["cudnn_benchmark"]}' if report['env']['device_type'] == 'cuda' else ''),
         f'parity ours vs HF (fp32, random weights, input {"x".join(map(str, PARITY_INPUT))}, max relative '
         f'error over the four stages, tolerance {PARITY_TOL:g}): {parity}',
         '',
-        '| impl | arch | input | batch | mode | img/s | ms/iter | median ms | max ms | peak mem (GiB) | 1st iter (s) '
-        '| status |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|']
+        '| impl | arch | input | batch | mode | img/s | ms/iter | median ms | max ms | gc ms '
+        '| peak mem (GiB) | 1st iter (s) | status |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in report['rows']:
         lines.append(f'| {r["impl"]} | {r["arch"]} | {r["input"]} | {r["batch"]} | {r["mode"]} | '
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_num(r["ms_per_iter"], ".2f")} | '
                      f'{fmt_num(r["ms_median"], ".2f")} | {fmt_num(r["ms_max"], ".2f")} | '
-                     f'{fmt_gib(r["peak_mem_bytes"])} | '
+                     f'{fmt_num(r["gc_ms"], ".1f")} | {fmt_gib(r["peak_mem_bytes"])} | '
                      f'{fmt_num(r["first_iter_s"], ".1f")} | {r["status"]} |')
     for r in report['rows']:
         title = f'{r["impl"]} {r["arch"]} {r["input"]} x{r["batch"]} {r["mode"]}'

@@ -325,18 +325,20 @@ def format_full_report(report: dict[str, Any]) -> str:
     lines = format_header(report['env']) + [
         f'settings: {s["config"]} ({s["task"]}), init_cfg=None, {s["img_per_gpu"]} random images of '
         f'{s["img_size"]}x{s["img_size"]}{objects}, warm-up {s["warmup"]}, {s["iters"]} timed '
-        f'model.train_step, cudnn.benchmark {s["cudnn_benchmark"]}, config AMP {s["config_amp"]}'
+        f'model.train_step, start-up objects frozen out of the garbage collector (GcFreezeHook), '
+        f'cudnn.benchmark {s["cudnn_benchmark"]}, config AMP {s["config_amp"]}'
         + (' (off on CPU)' if report['env']['device_type'] == 'cpu' and s['config_amp'] != 'fp32' else '')
         + (f', {s["ddp_processes"]} process(es) under DDP (the config\'s model_wrapper_cfg; stock: '
            f'MMDistributedDataParallel), {s["img_per_gpu"]} images each, rank 0\'s times'
            if s.get('ddp_processes') else ''),
         '',
-        '| backbone | arch | AMP | ms/iter | img/s | peak mem (GiB) | peak reserved (GiB) | params (M) '
-        '| param groups | backbone fwd+bwd (ms) | status |',
-        '|---|---|---|---|---|---|---|---|---|---|---|']
+        '| backbone | arch | AMP | ms/iter | max ms | gc ms | img/s | peak mem (GiB) | peak reserved (GiB) '
+        '| params (M) | param groups | backbone fwd+bwd (ms) | status |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in report['rows']:
         x = r['extra']
         lines.append(f'| {r["impl"]} | {r["arch"]} | {x.get("amp", "-")} | {fmt_num(r["ms_per_iter"], ".1f")} | '
+                     f'{fmt_num(r.get("ms_max"), ".1f")} | {fmt_num(r.get("gc_ms"), ".1f")} | '
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_gib(r["peak_mem_bytes"])} | '
                      f'{fmt_gib(r.get("peak_reserved_bytes"))} | {fmt_num(x.get("params_m"), ".1f")} | '
                      f'{x.get("param_groups", "-")} | '

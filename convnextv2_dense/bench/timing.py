@@ -10,7 +10,8 @@ import platform
 import statistics
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class Row:
     ms_per_iter: float | None = None
     ms_median: float | None = None
     ms_max: float | None = None
+    gc_ms: float | None = None
     peak_mem_bytes: int | None = None
     peak_reserved_bytes: int | None = None
     first_iter_s: float | None = None
@@ -63,20 +65,58 @@ def free_memory(device: torch.device) -> None:
 def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.device) -> dict[str, Any]:
     """Run ``step`` ``warmup`` times (the first one timed alone), then ``iters`` timed times.
 
-    On CUDA the timed loop is bracketed by CUDA events and the peak memory is
-    ``max_memory_allocated`` since the start (``max_memory_reserved`` too: what the caching allocator and any
-    CUDA graph's private pool hold, what an out-of-memory error is about); on CPU the clock is the wall clock
-    and there is no peak.
+    As in training (``GcFreezeHook``), the objects alive before the first step are frozen out of the
+    garbage collector's passes for the run; ``gc_ms`` is the host time the collector still took during the
+    timed steps (the host launches nothing meanwhile).
+
+    On CUDA the timed loop is bracketed by CUDA events and the peak memory is ``max_memory_allocated`` since
+    the start (``max_memory_reserved`` too: what the caching allocator and any CUDA graph's private pool hold,
+    what an out-of-memory error is about); on CPU the clock is the wall clock and there is no peak.
     """
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    step()
-    synchronize(device)
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
+    gc.collect()
+    gc.freeze()
+    try:
+        start = time.perf_counter()
         step()
-    synchronize(device)
+        synchronize(device)
+        first = time.perf_counter() - start
+        for _ in range(warmup - 1):
+            step()
+        synchronize(device)
+        with _collector_clock() as collector_ms:
+            times = _timed_steps(step, iters, device)
+    finally:
+        gc.unfreeze()
+    cuda = device.type == 'cuda'
+    return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
+                ms_max=max(times), gc_ms=sum(collector_ms),
+                peak_mem_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None, first_iter_s=first)
+
+
+@contextmanager
+def _collector_clock() -> Iterator[list[float]]:
+    """A list that gets the milliseconds of each garbage collection that runs inside the ``with``."""
+    spans: list[float] = []
+    started = [0.0]
+
+    def clock(phase: str, info: dict[str, int]) -> None:
+        if phase == 'start':
+            started[0] = time.perf_counter()
+        else:
+            spans.append((time.perf_counter() - started[0]) * 1e3)
+
+    gc.callbacks.append(clock)
+    try:
+        yield spans
+    finally:
+        gc.callbacks.remove(clock)
+
+
+def _timed_steps(step: Callable[[], object], iters: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``iters`` steps: between CUDA events on CUDA, by the wall clock on CPU."""
     if device.type == 'cuda':
         events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
         events[0].record()
@@ -84,17 +124,13 @@ def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.d
             step()
             event.record()
         events[-1].synchronize()
-        times = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
-    else:
-        times = []
-        for _ in range(iters):
-            start = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - start) * 1e3)
-    cuda = device.type == 'cuda'
-    return dict(ms_per_iter=sum(times) / len(times), ms_median=statistics.median(times),
-                ms_max=max(times), peak_mem_bytes=torch.cuda.max_memory_allocated(device) if cuda else None,
-                peak_reserved_bytes=torch.cuda.max_memory_reserved(device) if cuda else None, first_iter_s=first)
+        return [a.elapsed_time(b) for a, b in zip(events, events[1:])]
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def record(row: Row, result: dict[str, Any]) -> None:

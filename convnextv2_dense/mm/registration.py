@@ -30,6 +30,7 @@ def _register(registry_module: ModuleType) -> None:
 
     from ..models import ConvNeXtV2
     from .checkpoint_saving import ATOMIC_BACKEND, AtomicLocalBackend, SafeCheckpointHook
+    from .gc_freeze import GcFreezeHook
     from .guards import CheckpointMatchHook, NonFiniteLossHook
     from .optimizer import ConvNeXtV2LayerDecayOptimizerConstructor
 
@@ -67,7 +68,7 @@ def _register(registry_module: ModuleType) -> None:
         from .fast_boxes import build_box_variant
         for name in BOX_VARIANTS:
             registry_module.TASK_UTILS.register_module(name, module=build_box_variant(name), force=True)
-    for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook):
+    for hook in (SafeCheckpointHook, NonFiniteLossHook, CheckpointMatchHook, GcFreezeHook):
         registry_module.HOOKS.register_module(hook.__name__, module=hook, force=True)
     register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
 

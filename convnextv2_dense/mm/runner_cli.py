@@ -6,7 +6,6 @@ The options are those of mmseg's and mmdet's own tools, so muscle memory carries
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import os.path as osp
 import pickle
@@ -18,6 +17,7 @@ import torch
 from mmengine.runner import Runner
 
 from .data_checks import SampleError, check_data_paths, name_failing_samples
+from .gc_freeze import GcFreezeHook, has_gc_freeze_hook
 from .guards import CheckpointMatchHook, NonFiniteLossError, NonFiniteLossHook
 
 DEBUG_ENV = 'CONVNEXTV2_DEBUG'
@@ -161,8 +161,9 @@ def build_runner(cfg: Any, mode: str) -> Any:
 
     Args:
         cfg (Config): The prepared config.
-        mode (str): ``'train'`` (stop on a non-finite loss) or ``'test'`` (refuse a checkpoint that does
-            not fit the model).
+        mode (str): ``'train'`` (stop on a non-finite loss; freeze the start-up objects out of the
+            garbage collector's passes, see :mod:`.gc_freeze`) or ``'test'`` (refuse a checkpoint that
+            does not fit the model).
     """
     from mmengine.registry import RUNNERS
     if cfg.launcher == 'pytorch' and not torch.cuda.is_available() and not torch.distributed.is_initialized():
@@ -170,24 +171,13 @@ def build_runner(cfg: Any, mode: str) -> Any:
         # group already up (torchrun's env:// variables), the runner skips it.
         torch.distributed.init_process_group(backend='gloo')
     runner = ToolRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.register_hook(NonFiniteLossHook() if mode == 'train' else CheckpointMatchHook())
+    if mode == 'train':
+        runner.register_hook(NonFiniteLossHook())
+        if not has_gc_freeze_hook(runner):  # a config of the user's own, without our schedule bases
+            runner.register_hook(GcFreezeHook())
+    else:
+        runner.register_hook(CheckpointMatchHook())
     return runner
-
-
-def freeze_startup_objects(runner: Any) -> int:
-    """Collect once, then move every object alive now (the imported packages, the runner and its model:
-    about half a million on a demo run) into the garbage collector's permanent generation (``gc.freeze``),
-    and log how many. The collector's full passes during training then no longer walk them: on this
-    project's 2-core CPU machine, in the demo UperNet's 600-iteration run, the four full passes took 249-313 ms
-    each before and the ten after 0.3-17 ms. Each such pass stalls the host, so the GPU waits. Forked dataloader
-    workers also stop touching those objects' pages (the copy-on-write case of ``gc.freeze``'s docs).
-    Returns the number frozen."""
-    gc.collect()
-    gc.freeze()
-    count = gc.get_freeze_count()
-    runner.logger.info(f'gc.freeze: {count} objects alive before training left out of the garbage '
-                       "collector's full passes")
-    return count
 
 
 def shut_down_distributed() -> None:

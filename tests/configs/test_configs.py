@@ -363,3 +363,9 @@ def test_upernet_lr_is_for_batch_16(path):
 def test_no_shipped_config_compiles(path):
     # UperNet's CUDA graph step beat compile there, the RoI-head detectors gained ~0 (README, "Speed")
     assert load(path).model.backbone.compile is False
+
+
+@pytest.mark.parametrize('path', LEAVES, ids=lambda p: p.name)
+def test_training_freezes_start_up_objects_out_of_the_garbage_collector(path):
+    # with mmseg's and mmdet's own tools/train.py too, not only ours (which adds the hook where it is missing)
+    assert [hook['type'] for hook in load(path).custom_hooks].count('GcFreezeHook') == 1

@@ -39,6 +39,7 @@ def test_plain_mmengine_runner_finds_our_backbone(task, ade_root, coco_root, tmp
     proc = subprocess.run([sys.executable, '-W', 'ignore', '-c', SCRIPT, config, str(tmp_path), *options],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'gc.freeze: ' in proc.stdout + proc.stderr  # the configs' GcFreezeHook, without our tools/train.py
     checkpoints = list(tmp_path.glob('*.pth'))
     # the configs' SafeCheckpointHook: files torch.load's default (weights_only=True) reads, no allow-list
     assert checkpoints and all(torch.load(path)['meta'] for path in checkpoints)

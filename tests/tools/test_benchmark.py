@@ -28,7 +28,8 @@ def test_backbone_table_on_cpu(tmp_path, capsys, load_tool):
     assert report['parity']['atto'] < 1e-4
     assert all(row['status'] == 'ok' and row['ms_per_iter'] > 0 for row in report['rows'])
     assert all(row['ms_max'] >= row['ms_median'] > 0 for row in report['rows'])  # the slowest step: host stalls
-    assert '| median ms | max ms |' in table
+    assert all(row['gc_ms'] >= 0 for row in report['rows'])
+    assert '| median ms | max ms | gc ms |' in table and 'frozen out of the garbage collector' in table
 
 
 def test_backbone_profile_comes_after_the_table_on_cpu(tmp_path, capsys, load_tool):
