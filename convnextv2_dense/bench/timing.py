@@ -100,13 +100,14 @@ def measure(step: Callable[[], object], warmup: int, iters: int, device: torch.d
 def _collector_clock() -> Iterator[list[float]]:
     """A list that gets the milliseconds of each garbage collection that runs inside the ``with``."""
     spans: list[float] = []
-    started = [0.0]
+    started = 0.0
 
     def clock(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
         if phase == 'start':
-            started[0] = time.perf_counter()
+            started = time.perf_counter()
         else:
-            spans.append((time.perf_counter() - started[0]) * 1e3)
+            spans.append((time.perf_counter() - started) * 1e3)
 
     gc.callbacks.append(clock)
     try:
