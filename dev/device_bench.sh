@@ -8,7 +8,7 @@
 #   dev/device_bench.sh                     # every step
 #   dev/device_bench.sh env bb-tiny-512     # only some steps (to fit a per-command time limit)
 #
-# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused check-dwconv graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
+# Steps: env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused check-dwconv ab-block-paths graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base
 # full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base (UperNet-B under DDP on every visible GPU:
 # mmengine's wrapper against the graph step's, DIST_IMPLS)
 # Environment: OUT (results, default ./bench_out), PYTHON (default python3), WHEELS (wheel folder, default
@@ -35,7 +35,7 @@ FULL_ARGS=${FULL_ARGS:-}
 FULL_IMPLS=${FULL_IMPLS:-"stock ours ours-eager ours-fused ours-compile hf"}
 BB_IMPLS=${BB_IMPLS:-"ours ours-plain ours-fused ours-compile ours-fused-compile hf"}
 DIST_IMPLS=${DIST_IMPLS:-"stock ours-eager ours"}
-ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused check-dwconv graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base"
+ALL_STEPS="env wheels mmcv gpu-tests export-fp16 dist-smoke check-fused check-dwconv ab-block-paths graph-memory bb-tiny-512 bb-base-512 bb-base-224 full-seg-base full-seg-tiny full-det-base full-det-tiny full-cascade dist-full-seg-base"
 STEPS=${*:-$ALL_STEPS}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/device_bench_logs}
 mkdir -p "$OUT" "$LOG_DIR"
@@ -152,6 +152,13 @@ step_check_fused() {
     return "${PIPESTATUS[0]}"
 }
 
+# The backbone's training step under each setting of the block's eager switches (base 512 x16), see
+# dev/ab_block_paths.py.
+step_ab_block_paths() {
+    "$PYTHON" dev/ab_block_paths.py --json-out "$OUT/ab-block-paths.json" | tee -a "$OUT/summary.md"
+    return "${PIPESTATUS[0]}"
+}
+
 # The Triton depthwise convolution against cuDNN on the GPU (numerics, speed per stage shape, a compiled
 # profile of timm's backbone), see dev/check_dwconv.py.
 step_check_dwconv() {
@@ -241,6 +248,7 @@ run_step() {
         export-fp16) step_export_fp16 ;;
         check-fused) step_check_fused ;;
         check-dwconv) step_check_dwconv ;;
+        ab-block-paths) step_ab_block_paths ;;
         graph-memory) step_graph_memory ;;
         dist-smoke) step_dist_smoke ;;
         bb-tiny-512) bb "$1" tiny 512 32 ;;
