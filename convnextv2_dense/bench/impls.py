@@ -19,7 +19,8 @@ from ..models.stage_selection import INDEXED_STAGES
 # ours: the default (fused block in training on CUDA where Triton is installed and the shape pays);
 # ours-plain: the plain PyTorch block; ours-fused: the fused block everywhere, in inference too;
 # -compile: torch.compile of the whole backbone (which runs the plain block: the compiler fuses it itself;
-# ours-fused-compile keeps the Triton depthwise convolution in the compiled graph as custom ops);
+# ours-fused-compile keeps the Triton depthwise convolution (inference) and the block's MLP in its two Triton
+# matmuls (inference and training) in the compiled graph as custom ops);
 # ours-matmuls: ours-fused with GRN applied in the two Triton matmuls where it is not folded (not yet a default);
 # ours-bf16-norm: ours with the blocks' LayerNorm in bf16 under bf16 autocast (fused.NORM_IN_BF16, not yet a default).
 IMPLS: tuple[str, ...] = ('ours', 'ours-plain', 'ours-fused', 'ours-matmuls', 'ours-bf16-norm', 'ours-compile',

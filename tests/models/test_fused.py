@@ -322,18 +322,20 @@ def test_default_runs_fused_where_it_measured_faster(monkeypatch, shape, trainin
         assert use_fused(True, training, FakeCuda(*shape)) and not use_fused(False, training, FakeCuda(*shape))
 
 
-def test_compiled_blocks_fuse_only_without_gradients(monkeypatch):
+def test_compiled_blocks_fuse_by_default_only_without_gradients(monkeypatch):
     from convnextv2_dense.models import fused
     monkeypatch.setattr(fused, 'triton_available', lambda: True)
     monkeypatch.setattr(fused, 'is_compiling', lambda: True)
     x, small = FakeCuda(32, 96, 128, 128), FakeCuda(2, 128, 128, 128)
-    assert not use_fused(True, True, x) and not use_fused(None, True, x)  # training compiles the plain block
+    # training: the training op with fused_block=True only; the default compiles the plain block
+    assert use_fused(True, True, x) is fused.mlp_ops.COMPILABLE and not use_fused(None, True, x)
     with torch.no_grad():
         assert use_fused(True, False, x) is fused.mlp_ops.COMPILABLE
         assert use_fused(None, False, x) is (fused.COMPILED_MLP_BY_DEFAULT and fused.mlp_ops.COMPILABLE)
         monkeypatch.setattr(fused, 'COMPILED_MLP_BY_DEFAULT', True)
         assert use_fused(None, False, x) is fused.mlp_ops.COMPILABLE
         assert not use_fused(None, False, small) and not use_fused(False, False, x)
+    assert not use_fused(None, True, x) and not use_fused(False, True, x)  # the switch is for inference
 
 
 def test_fused_block_keeps_parameter_names_and_rejects_bad_values():
@@ -413,3 +415,52 @@ def test_block_with_the_bf16_layer_norm_matches_autocasts_fp32_norm(monkeypatch)
     assert len(got) == len(reference) == 2 + len(list(block.parameters()))
     for name, g, r in zip(['out', 'x', *(n for n, _ in block.named_parameters())], got, reference):
         assert g.dtype == r.dtype and rel(g, r) < 2e-2, (name, rel(g, r))
+
+
+@NO_TRITON_ON_CPU
+@pytest.mark.skipif(not hasattr(torch.library, 'register_autograd'), reason='custom ops need torch >= 2.4')
+def test_compiled_training_runs_the_mlp_as_its_training_op_with_the_plain_blocks_gradients(monkeypatch):
+    """Under torch.compile with gradients and fused_block=True, the MLP is the training custom op, whose registered
+    backward gives the plain block's gradients (input and every parameter)."""
+    from convnextv2_dense.models import block as block_module
+    from convnextv2_dense.models import fused
+    interpreted_triton_ops()
+    block = random_block(12, seed=11).train()
+    x = torch.randn(2, 12, 5, 5).to(memory_format=torch.channels_last)
+    want_x = x.clone().requires_grad_()
+    block(want_x).square().sum().backward()
+    want = [want_x.grad] + [p.grad.clone() for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+    calls = []
+    real = fused.mlp_ops.gelu_grn_mlp_train
+
+    def counted(*args):
+        calls.append(args[7] is not None)
+        return real(*args)
+    monkeypatch.setattr(fused.mlp_ops, 'gelu_grn_mlp_train', counted)
+    monkeypatch.setattr(block_module, 'use_fused', lambda mode, training, t: fused.is_compiling())  # as on CUDA
+    compiled = torch.compile(block, backend='aot_eager', fullgraph=True)  # fake tensors as for inductor
+    got_x = x.clone().requires_grad_()
+    compiled(got_x).square().sum().backward()
+    assert calls == [True], 'the compiled block did not run the MLP (with its residual) as the training op'
+    got = [got_x.grad] + [p.grad for p in block.parameters()]
+    names = ['x'] + [name for name, _ in block.named_parameters()]
+    for name, g, w in zip(names, got, want):
+        assert g is not None and g.dtype == w.dtype and rel(g, w) < 1e-4, name
+    torch._dynamo.reset()
+
+
+@NO_TRITON_ON_CPU
+@pytest.mark.skipif(not hasattr(torch.library, 'opcheck'), reason='torch.library.opcheck needs torch >= 2.4')
+@pytest.mark.parametrize('with_residual', [False, True])
+def test_training_op_passes_torch_opcheck(with_residual):
+    """Fake shapes and dtypes, schema, autograd registration and AOT dispatch of the training op (and, through
+    its backward, the backward op), on interpreted kernels."""
+    from convnextv2_dense.models import fused
+    interpreted_triton_ops()
+    block = random_block(8, seed=3)
+    y = torch.randn(2, 9, 8, requires_grad=True)
+    residual = torch.randn(2, 9, 8, requires_grad=True) if with_residual else None
+    args = (y, block.pwconv1.weight, block.pwconv1.bias, block.grn.gamma, block.grn.beta, block.pwconv2.weight,
+            block.pwconv2.bias, residual, block.grn.eps)
+    torch.library.opcheck(fused.mlp_ops.gelu_grn_mlp_train, args)

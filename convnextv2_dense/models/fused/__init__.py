@@ -80,8 +80,8 @@ MIN_IMAGES_APPLIED = 32
 
 
 # Under torch.compile, whether fused_block=None (the default) also takes the MLP's custom op in inference; off
-# until a GPU has timed it against the compiler's own kernels (fused_block=True takes it; the benchmark's
-# ``ours-fused-compile`` row).
+# until a GPU has timed it against the compiler's own kernels (fused_block=True takes it, in training too; the
+# benchmark's ``ours-fused-compile`` rows).
 COMPILED_MLP_BY_DEFAULT = False
 
 
@@ -91,8 +91,9 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
     :func:`worth_fusing` (GRN folded) or the batch has :data:`MIN_IMAGES_APPLIED` images, without gradients
     (inference) where the batch has at least :data:`MIN_BATCH_PIXELS` pixels (an H100, 2026-12-07: 1.7x at
     C96 128x128 x32; at 16k pixels the plain block was faster). :func:`fused_forward` picks the form
-    (:func:`mlp_form`). Under ``torch.compile`` only without gradients, as the custom op of :mod:`.mlp_ops`
-    (torch >= 2.4), with ``mode`` None only if :data:`COMPILED_MLP_BY_DEFAULT`; never in tracing or export."""
+    (:func:`mlp_form`). Under ``torch.compile`` as the custom ops of :mod:`.mlp_ops` (torch >= 2.4): with
+    ``mode`` True (with or without gradients), with ``mode`` None only without gradients and only if
+    :data:`COMPILED_MLP_BY_DEFAULT`; never in tracing or export."""
     if mode is False or not x.is_cuda:
         return False
     if mode is None:
@@ -101,9 +102,9 @@ def use_fused(mode: bool | None, training: bool, x: torch.Tensor) -> bool:
                 return False
         elif not large_batch(x):
             return False
-    if is_compiling():
-        return (not torch.is_grad_enabled() and (mode is True or COMPILED_MLP_BY_DEFAULT) and mlp_ops.COMPILABLE
-                and triton_available())
+    if is_compiling():  # with gradients only with fused_block=True, until a GPU has timed it
+        wanted = mode is True or (COMPILED_MLP_BY_DEFAULT and not torch.is_grad_enabled())
+        return wanted and mlp_ops.COMPILABLE and triton_available()
     return not is_capturing() and triton_available()
 
 
@@ -203,8 +204,8 @@ def mlp_form(x: torch.Tensor) -> str:
 
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block`` (dwconv, norm, pwconv1, grn, pwconv2, drop path, residual) on NCHW ``x`` (channels-last in
-    practice), the MLP in the form :func:`mlp_form` picks, or under ``torch.compile`` as the custom op of the
-    matmul form (in the matmul form, the residual is added in the second matmul's epilogue when drop path is
+    practice), the MLP in the form :func:`mlp_form` picks, or under ``torch.compile`` as a custom op of the
+    matmul form (with gradients, the training op with its registered backward; in the matmul form, the residual is added in the second matmul's epilogue when drop path is
     idle); returns an NCHW view of an NHWC tensor."""
     y = conv_norm(block, x)
     n, hh, ww, c = y.shape
@@ -220,6 +221,11 @@ def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     args = (y.to(compute_dtype(x)).reshape(n, hh * ww, c), block.pwconv1.weight, block.pwconv1.bias, block.grn.gamma,
             block.grn.beta, block.pwconv2.weight, block.pwconv2.bias,
             nhwc.reshape(n, hh * ww, c) if add_in_matmul else None, block.grn.eps)
-    out = mlp_ops.gelu_grn_mlp(*args) if compiling else gelu_grn_mlp(*args, kernel_ops())
+    if not compiling:
+        out = gelu_grn_mlp(*args, kernel_ops())
+    elif torch.is_grad_enabled():
+        out = mlp_ops.gelu_grn_mlp_train(*args)[0]
+    else:
+        out = mlp_ops.gelu_grn_mlp(*args)
     out = out.view(n, hh, ww, c).permute(0, 3, 1, 2)
     return out if add_in_matmul else x + block.drop_path(out)

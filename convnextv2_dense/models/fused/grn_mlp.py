@@ -176,11 +176,40 @@ class GeluGrnThenLinear(torch.autograd.Function):
         return (dh, *(grad.to(dtype) for grad, dtype in zip(grads, ctx.param_dtypes)), None, None)
 
 
+def mlp_forward(ops: type, y: torch.Tensor, weight1_h: torch.Tensor, bias1: torch.Tensor, gamma: torch.Tensor,
+                beta: torch.Tensor, weight2_h: torch.Tensor, bias2: torch.Tensor, residual: torch.Tensor | None,
+                eps: float, inference: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    """The matmul form's two passes on (N, L, C) ``y``, weights already in ``y``'s dtype, autocast off: the output,
+    the first matmul's ``h`` (``gelu(h)`` if ``inference``: the second matmul then applies no GELU), the (N, K)
+    fp32 sums of squares of ``gelu(h)`` and GRN's statistics ``(gx, denom, nx, s)``."""
+    h, sumsq = ops.linear_gelu_sumsq(y, weight1_h, bias1.float(), store_gelu=inference)
+    stats = _grn_scale(sumsq, gamma, eps)
+    out = ops.grn_linear(h, stats[3], beta.float(), weight2_h, bias2.float(), residual, gelu=not inference)
+    return out, h, sumsq, stats
+
+
+def mlp_backward(ops: type, dout: torch.Tensor, y: torch.Tensor, h: torch.Tensor, stats: tuple, gamma: torch.Tensor,
+                 beta: torch.Tensor, weight1_h: torch.Tensor, weight2_h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """:func:`mlp_forward`'s backward (training form, autocast off) from the output gradient ``dout``: ``dy`` and
+    the gradients of weight1, bias1, gamma, beta, weight2 and bias2 (weights' in ``y``'s dtype, the rest fp32).
+    ``g``, the GRN output, is recomputed from ``h``: the forward never wrote it."""
+    gx, denom, nx, s = stats
+    n, length, k = h.shape
+    g = ops.gelu_grn(h, s, beta.float())
+    dh, dgamma, dbeta, dweight2, dbias2 = _applied_backward(ops, dout, h, g, weight2_h, gx, denom, nx, s, gamma)
+    dh = dh.reshape(n * length, k)
+    dweight1 = dh.t() @ y.reshape(n * length, -1)
+    dbias1 = dh.float().sum(dim=0)
+    dy = (dh @ weight1_h).view(y.shape)
+    return dy, dweight1, dbias1, dgamma, dbeta, dweight2, dbias2
+
+
 class GeluGrnMlp(torch.autograd.Function):
     """The block's whole MLP, ``Linear(GRN(GELU(Linear(y))))`` plus an optional residual, on (N, L, C) ``y``, as
     two matmul passes (``ops.linear_gelu_sumsq``, ``ops.grn_linear``): GELU and the GRN statistics in the first
     one's epilogue, GRN's affine in the second one's prologue and the residual in its epilogue. The backward
-    is :class:`GeluGrnThenLinear`'s, with ``g`` recomputed from ``h`` and the first Linear's gradients added."""
+    is :class:`GeluGrnThenLinear`'s, with ``g`` recomputed from ``h`` and the first Linear's gradients added
+    (:func:`mlp_forward`, :func:`mlp_backward`, which the compiled training op of :mod:`.mlp_ops` shares)."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, gamma: torch.Tensor,
@@ -189,12 +218,9 @@ class GeluGrnMlp(torch.autograd.Function):
         with torch.autocast(y.device.type, enabled=False):
             weight1_h = weight1.to(y.dtype).contiguous()  # cast once, kept for the backward
             weight2_h = weight2.to(y.dtype).contiguous()
-            # without gradients the first matmul writes gelu(h), so the second one applies no GELU
-            inference = not any(ctx.needs_input_grad)
-            h, sumsq = ops.linear_gelu_sumsq(y, weight1_h, bias1.float(), store_gelu=inference)
-            gx, denom, nx, s = _grn_scale(sumsq, gamma, eps)
-            out = ops.grn_linear(h, s, beta.float(), weight2_h, bias2.float(), residual, gelu=not inference)
-        ctx.save_for_backward(y, h, gx, denom, nx, s, gamma, beta, weight1_h, weight2_h)
+            out, h, _, stats = mlp_forward(ops, y, weight1_h, bias1, gamma, beta, weight2_h, bias2, residual, eps,
+                                           inference=not any(ctx.needs_input_grad))
+        ctx.save_for_backward(y, h, *stats, gamma, beta, weight1_h, weight2_h)
         ctx.ops = ops
         ctx.has_residual = residual is not None
         ctx.param_dtypes = tuple(p.dtype for p in (weight1, bias1, gamma, beta, weight2, bias2))
@@ -203,17 +229,8 @@ class GeluGrnMlp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout: torch.Tensor):
         y, h, gx, denom, nx, s, gamma, beta, weight1_h, weight2_h = ctx.saved_tensors
-        n, length, k = h.shape
-        ops = ctx.ops
         with torch.autocast(h.device.type, enabled=False):
-            g = ops.gelu_grn(h, s, beta.float())  # recomputed: the forward never wrote it
-            dh, dgamma, dbeta, dweight2, dbias2 = _applied_backward(ops, dout, h, g, weight2_h, gx, denom, nx, s,
-                                                                    gamma)
-            dh = dh.reshape(n * length, k)
-            dweight1 = dh.t() @ y.reshape(n * length, -1)
-            dbias1 = dh.float().sum(dim=0)
-            dy = (dh @ weight1_h).view(y.shape)
-        grads = (dweight1, dbias1, dgamma, dbeta, dweight2, dbias2)
+            dy, *grads = mlp_backward(ctx.ops, dout, y, h, (gx, denom, nx, s), gamma, beta, weight1_h, weight2_h)
         return (dy, *(g.to(dt) for g, dt in zip(grads, ctx.param_dtypes)), dout if ctx.has_residual else None,
                 None, None)
 
