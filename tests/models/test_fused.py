@@ -447,6 +447,21 @@ def test_compiled_training_runs_the_mlp_as_its_training_op_with_the_plain_blocks
     names = ['x'] + [name for name, _ in block.named_parameters()]
     for name, g, w in zip(names, got, want):
         assert g is not None and g.dtype == w.dtype and rel(g, w) < 1e-4, name
+    # under bf16 autocast: the eager matmul form's numbers (the same passes), the input gradient within 1e-2 of fp32
+    monkeypatch.setattr(fused, 'APPLIED_IN_MATMULS', True)
+    monkeypatch.setattr(fused, 'MIN_BATCH_PIXELS', 1)
+    monkeypatch.setattr(fused, 'kernel_ops', interpreted_triton_ops)
+    bf16 = []
+    for run in (compiled, lambda t: fused.fused_forward(block, t)):
+        block.zero_grad(set_to_none=True)
+        got_x = x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = run(got_x)
+        out.float().square().sum().backward()
+        bf16.append([got_x.grad] + [p.grad.clone() for p in block.parameters()])
+    assert rel(bf16[0][0], want[0]) < 1e-2
+    for name, g, e in zip(names, *bf16):
+        assert rel(g, e) < 1e-3, name
     torch._dynamo.reset()
 
 
