@@ -26,8 +26,8 @@ default_hooks = dict(
     checkpoint=dict(type='SafeCheckpointHook', by_epoch=False, interval=16000, max_keep_ckpts=3, save_best='mIoU'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-# GcFreezeHook (convnextv2_dense.mm): the objects alive when training starts leave the garbage collector's
-# full passes, which would otherwise stall the host (and so the GPU) for hundreds of milliseconds each.
+# GcFreezeHook (convnextv2_dense.mm): the objects alive when training (or a test) starts leave the garbage
+# collector's full passes, which would otherwise stall the host (and so the GPU) for hundreds of ms each.
 custom_hooks = [dict(type='GcFreezeHook')]
 
 # `tools/test.py --tta`: the paper's multi-scale test. Each image is resized, keeping its aspect ratio, to

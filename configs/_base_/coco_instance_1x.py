@@ -30,6 +30,6 @@ param_scheduler = [
 optim_wrapper = dict(paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise'))
 # SafeCheckpointHook (convnextv2_dense.mm): atomic files that torch.load's weights-only default reads.
 default_hooks = dict(checkpoint=dict(type='SafeCheckpointHook', interval=1, max_keep_ckpts=3))
-# GcFreezeHook (convnextv2_dense.mm): the objects alive when training starts leave the garbage collector's
-# full passes, which would otherwise stall the host (and so the GPU) for hundreds of milliseconds each.
+# GcFreezeHook (convnextv2_dense.mm): the objects alive when training (or a test) starts leave the garbage
+# collector's full passes, which would otherwise stall the host (and so the GPU) for hundreds of ms each.
 custom_hooks = [dict(type='GcFreezeHook')]

@@ -161,9 +161,9 @@ def build_runner(cfg: Any, mode: str) -> Any:
 
     Args:
         cfg (Config): The prepared config.
-        mode (str): ``'train'`` (stop on a non-finite loss; freeze the start-up objects out of the
-            garbage collector's passes, see :mod:`.gc_freeze`) or ``'test'`` (refuse a checkpoint that
-            does not fit the model).
+        mode (str): ``'train'`` (stop on a non-finite loss) or ``'test'`` (refuse a checkpoint that does
+            not fit the model). Either way the start-up objects are frozen out of the garbage collector's
+            passes (:mod:`.gc_freeze`).
     """
     from mmengine.registry import RUNNERS
     if cfg.launcher == 'pytorch' and not torch.cuda.is_available() and not torch.distributed.is_initialized():
@@ -171,12 +171,9 @@ def build_runner(cfg: Any, mode: str) -> Any:
         # group already up (torchrun's env:// variables), the runner skips it.
         torch.distributed.init_process_group(backend='gloo')
     runner = ToolRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if mode == 'train':
-        runner.register_hook(NonFiniteLossHook())
-        if not has_gc_freeze_hook(runner):  # a config of the user's own, without our schedule bases
-            runner.register_hook(GcFreezeHook())
-    else:
-        runner.register_hook(CheckpointMatchHook())
+    runner.register_hook(NonFiniteLossHook() if mode == 'train' else CheckpointMatchHook())
+    if not has_gc_freeze_hook(runner):  # a config of the user's own, without our schedule bases
+        runner.register_hook(GcFreezeHook())
     return runner
 
 

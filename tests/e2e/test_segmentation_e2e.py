@@ -41,6 +41,7 @@ def test_test_prints_per_class_table_and_writes_outputs(trained, ade_root, tmp_p
     log = proc.stdout + proc.stderr
     assert 'per class results' in log and '|   wall   |' in log
     assert re.search(r'mIoU: \d+\.\d+', log)
+    assert len(re.findall(r'gc.freeze: \d{5,} objects alive before testing', log)) == 1
     assert len(glob.glob(str(out / '*.png'))) == 4
     assert glob.glob(str(show / '**' / '*.png'), recursive=True)
 

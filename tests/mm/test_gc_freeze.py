@@ -15,7 +15,7 @@ class FakeRunner:
         self.logger = logging.getLogger('test_gc_freeze')
 
 
-def test_hook_freezes_what_is_alive_when_training_starts_logs_it_and_unfreezes_after(caplog):
+def test_hook_freezes_what_is_alive_when_training_or_testing_starts_logs_it_and_unfreezes_after(caplog):
     from convnextv2_dense.mm.gc_freeze import GcFreezeHook
     assert gc.get_freeze_count() == 0
     hook, runner = GcFreezeHook(), FakeRunner()
@@ -30,6 +30,11 @@ def test_hook_freezes_what_is_alive_when_training_starts_logs_it_and_unfreezes_a
         assert gc.is_tracked(later) and gc.get_freeze_count() <= count  # frozen objects can only die
         hook.after_train(runner)
         assert gc.get_freeze_count() == 0  # a validation or test after training collects as usual
+        with caplog.at_level(logging.INFO, logger='test_gc_freeze'):
+            hook.before_test(runner)  # tools/test.py
+        assert gc.get_freeze_count() > 1000 and 'objects alive before testing' in caplog.text
+        hook.after_test(runner)
+        assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()  # the rest of the suite runs with a normal collector
 
