@@ -40,6 +40,18 @@ def interpreted_triton_ops() -> type:
     return importlib.reload(module).TritonOps
 
 
+def record_mlp_op_calls(monkeypatch, name: str) -> list[bool]:
+    """Wrap the custom op ``fused.mlp_ops.<name>``: the list gets, per call, whether a residual was passed."""
+    from convnextv2_dense.models import fused
+    calls, real = [], getattr(fused.mlp_ops, name)
+
+    def counted(*args):
+        calls.append(args[7] is not None)
+        return real(*args)
+    monkeypatch.setattr(fused.mlp_ops, name, counted)
+    return calls
+
+
 def random_block(dim: int, seed: int = 0) -> Block:
     torch.manual_seed(seed)
     block = Block(dim)
@@ -226,13 +238,7 @@ def test_compiled_inference_runs_the_mlp_as_the_custom_op(monkeypatch):
     x = torch.randn(2, 12, 5, 5).to(memory_format=torch.channels_last)
     with torch.no_grad():
         want = block(x)
-    calls = []
-    real = fused.mlp_ops.gelu_grn_mlp
-
-    def counted(*args):
-        calls.append(args[7] is not None)
-        return real(*args)
-    monkeypatch.setattr(fused.mlp_ops, 'gelu_grn_mlp', counted)
+    calls = record_mlp_op_calls(monkeypatch, 'gelu_grn_mlp')
     # as on CUDA (the rule's own device and size checks are tested elsewhere)
     monkeypatch.setattr(block_module, 'use_fused', lambda mode, training, t: fused.is_compiling()
                         and not torch.is_grad_enabled())
@@ -431,13 +437,7 @@ def test_compiled_training_runs_the_mlp_as_its_training_op_with_the_plain_blocks
     block(want_x).square().sum().backward()
     want = [want_x.grad] + [p.grad.clone() for p in block.parameters()]
     block.zero_grad(set_to_none=True)
-    calls = []
-    real = fused.mlp_ops.gelu_grn_mlp_train
-
-    def counted(*args):
-        calls.append(args[7] is not None)
-        return real(*args)
-    monkeypatch.setattr(fused.mlp_ops, 'gelu_grn_mlp_train', counted)
+    calls = record_mlp_op_calls(monkeypatch, 'gelu_grn_mlp_train')
     monkeypatch.setattr(block_module, 'use_fused', lambda mode, training, t: fused.is_compiling())  # as on CUDA
     compiled = torch.compile(block, backend='aot_eager', fullgraph=True)  # fake tensors as for inductor
     got_x = x.clone().requires_grad_()
