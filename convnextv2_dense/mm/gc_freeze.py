@@ -5,9 +5,9 @@ torch, the mm packages and transformers created at import, plus the runner and i
 2-core CPU machine, in the demo UperNet's 600-iteration run, the four full passes during training took
 249-313 ms each; the host launches nothing while one runs, so a GPU waits. :class:`GcFreezeHook` collects
 once when training (or a test run) starts and moves everything then alive into the collector's permanent
-generation (``gc.freeze``); the ten passes of the same run then took 0.3-17 ms each. Dataloader workers forked after it
-(an epoch-based loop's; an iteration-based loop forks them when it is built, before any hook) also stop
-writing to those objects' pages (the copy-on-write case in ``gc.freeze``'s documentation).
+generation (``gc.freeze``); the ten passes of the same run then took 0.3-17 ms each. Dataloader workers
+forked after it (an epoch-based loop's; an iteration-based loop forks them when it is built, before any hook)
+also stop writing to those objects' pages (the copy-on-write case in ``gc.freeze``'s documentation).
 
 The schedule bases of ``configs/_base_`` list it in ``custom_hooks``, so mmseg's and mmdet's own
 ``tools/train.py`` and ``tools/test.py`` get it as ours do; ours add it to a config that lacks it.

@@ -205,8 +205,8 @@ def mlp_form(x: torch.Tensor) -> str:
 def fused_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block`` (dwconv, norm, pwconv1, grn, pwconv2, drop path, residual) on NCHW ``x`` (channels-last in
     practice), the MLP in the form :func:`mlp_form` picks, or under ``torch.compile`` as a custom op of the
-    matmul form (with gradients, the training op with its registered backward; in the matmul form, the residual is added in the second matmul's epilogue when drop path is
-    idle); returns an NCHW view of an NHWC tensor."""
+    matmul form (with gradients, the training op with its registered backward). In the matmul form the residual
+    is added in the second matmul's epilogue when drop path is idle. Returns an NCHW view of an NHWC tensor."""
     y = conv_norm(block, x)
     n, hh, ww, c = y.shape
     compiling = is_compiling()
