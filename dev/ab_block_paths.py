@@ -20,16 +20,20 @@ import os
 import statistics
 import sys
 from collections.abc import Iterator
+from unittest import mock
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, REPO_ROOT)
+DEV = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(DEV)
+for folder in (REPO_ROOT, DEV):  # the checkout's package, installed or not; check_fused beside this file
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
 
 import torch  # noqa: E402
 
 from convnextv2_dense.bench.backbone import BackboneSettings, backbone_benchmark  # noqa: E402
 from convnextv2_dense.bench.impls import build_backbone, installed  # noqa: E402
 from convnextv2_dense.models import fused, layers  # noqa: E402
+from check_fused import rel  # noqa: E402
 
 MODULES = {'fused': fused, 'layers': layers}
 VARIANTS: dict[str, dict[str, object]] = {
@@ -45,23 +49,14 @@ VARIANTS: dict[str, dict[str, object]] = {
 @contextlib.contextmanager
 def overridden(settings: dict[str, object]) -> Iterator[None]:
     """``settings`` ('module.NAME': value, module in :data:`MODULES`) in force inside the ``with``, restored after."""
-    saved = []
-    try:
+    with contextlib.ExitStack() as stack:
         for key, value in settings.items():
             module_name, name = key.split('.')
             module = MODULES[module_name]
             if not hasattr(module, name):
                 raise AttributeError(f'{key}: {module.__name__} has no {name}')
-            saved.append((module, name, getattr(module, name)))
-            setattr(module, name, value)
+            stack.enter_context(mock.patch.object(module, name, value))
         yield
-    finally:
-        for module, name, value in reversed(saved):
-            setattr(module, name, value)
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def bf16_errors(arch: str, size: int, batch: int, device: torch.device) -> dict[str, float]:
@@ -86,8 +81,8 @@ def bf16_errors(arch: str, size: int, batch: int, device: torch.device) -> dict[
 
     ref_outs, ref_grad = run(None)
     outs, grad = run(torch.bfloat16)
-    return dict(out_err=max(relative_error(a, b) for a, b in zip(outs, ref_outs)),
-                dx_err=relative_error(grad, ref_grad))
+    return dict(out_err=max(rel(a, b) for a, b in zip(outs, ref_outs)),
+                dx_err=rel(grad, ref_grad))
 
 
 def timed(impl: str, arch: str, size: int, batch: int, warmup: int, iters: int, device: str) -> dict:

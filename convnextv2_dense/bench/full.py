@@ -338,9 +338,9 @@ def format_full_report(report: dict[str, Any]) -> str:
     for r in report['rows']:
         x = r['extra']
         lines.append(f'| {r["impl"]} | {r["arch"]} | {x.get("amp", "-")} | {fmt_num(r["ms_per_iter"], ".1f")} | '
-                     f'{fmt_num(r.get("ms_max"), ".1f")} | {fmt_num(r.get("gc_ms"), ".1f")} | '
+                     f'{fmt_num(r["ms_max"], ".1f")} | {fmt_num(r["gc_ms"], ".1f")} | '
                      f'{fmt_num(r["img_per_s"], ".1f")} | {fmt_gib(r["peak_mem_bytes"])} | '
-                     f'{fmt_gib(r.get("peak_reserved_bytes"))} | {fmt_num(x.get("params_m"), ".1f")} | '
+                     f'{fmt_gib(r["peak_reserved_bytes"])} | {fmt_num(x.get("params_m"), ".1f")} | '
                      f'{x.get("param_groups", "-")} | '
                      f'{fmt_num(x.get("backbone_ms"), ".1f")} | {r["status"]} |')
     for r in report['rows']:

@@ -51,9 +51,6 @@ class HookList:
     def __init__(self, hooks: list) -> None:
         self.hooks = hooks
 
-    def register_hook(self, hook: object) -> None:
-        self.hooks.append(hook)
-
 
 def test_has_gc_freeze_hook_finds_one_from_the_config():
     from mmengine.hooks import Hook

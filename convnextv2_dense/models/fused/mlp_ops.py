@@ -47,7 +47,7 @@ if COMPILABLE:
             out, h, sumsq, _ = mlp_forward(TritonOps, y.contiguous(), weight1.to(y.dtype).contiguous(), bias1,
                                            gamma, beta, weight2.to(y.dtype).contiguous(), bias2,
                                            None if residual is None else residual.contiguous(), eps, inference=False)
-        return out.to(_out_dtype(y, residual)), h, sumsq
+        return out, h, sumsq
 
     @gelu_grn_mlp_train.register_fake
     def _(y, weight1, bias1, gamma, beta, weight2, bias2, residual, eps):
@@ -64,11 +64,8 @@ if COMPILABLE:
         from .grn_mlp import _grn_scale, mlp_backward
         from .triton_ops import TritonOps
         with torch.autocast(y.device.type, enabled=False):
-            dy, dweight1, dbias1, dgamma, dbeta, dweight2, dbias2 = mlp_backward(
-                TritonOps, dout.contiguous(), y.contiguous(), h, _grn_scale(sumsq, gamma, eps), gamma, beta,
-                weight1.to(y.dtype).contiguous(), weight2.to(y.dtype).contiguous())
-        return (dy.to(y.dtype), dweight1.to(y.dtype), dbias1.float(), dgamma.float(), dbeta.float(),
-                dweight2.to(y.dtype), dbias2.float())
+            return mlp_backward(TritonOps, dout.contiguous(), y.contiguous(), h, _grn_scale(sumsq, gamma, eps),
+                                gamma, beta, weight1.to(y.dtype).contiguous(), weight2.to(y.dtype).contiguous())
 
     @gelu_grn_mlp_backward.register_fake
     def _(dout, y, h, sumsq, weight1, gamma, beta, weight2, eps):
